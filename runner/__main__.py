@@ -1,0 +1,7 @@
+"""``python -m runner`` == ``runner``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

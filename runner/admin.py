@@ -1,0 +1,208 @@
+"""``runner status`` and ``runner jobs ...``: what a person on call needs, as tables or ``--json``.
+
+Bulk changes (retry by state, purge) run in batches and print progress, so they can be stopped
+half-way and re-run safely.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+from .errors import ConfigError
+from .session import create_engine
+from .settings import Settings
+from .store import AdminQueries, JobRow, Store
+from .wire import State, decode_json
+
+__all__ = ["add_admin_commands", "parse_age", "run_admin"]
+
+
+def add_admin_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    status = sub.add_parser("status", help="counts by queue and state, live workers, jobs/s")
+    common(status)
+    status.add_argument("--json", action="store_true")
+
+    jobs = sub.add_parser("jobs", help="list, show, retry, cancel, purge jobs")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    listing = jobs_sub.add_parser("list", help="newest first")
+    common(listing)
+    listing.add_argument("--state", choices=State.ALL)
+    listing.add_argument("--queue")
+    listing.add_argument("--name")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--json", action="store_true")
+    show = jobs_sub.add_parser("show", help="one job: arguments, attempts, error with traceback, timings")
+    common(show)
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true")
+    retry = jobs_sub.add_parser("retry", help="re-queue a failed/cancelled/expired job, or all in a state")
+    common(retry)
+    retry.add_argument("id", type=int, nargs="?")
+    retry.add_argument("--state", choices=["failed", "cancelled", "expired"])
+    cancel = jobs_sub.add_parser("cancel", help="cancel a queued job now, or a running one cooperatively")
+    common(cancel)
+    cancel.add_argument("id", type=int)
+    purge = jobs_sub.add_parser("purge", help="delete finished jobs older than an age")
+    common(purge)
+    purge.add_argument("--state", choices=["succeeded", "failed", "cancelled", "expired"], required=True)
+    purge.add_argument("--older-than", required=True, help="age like 90s, 30m, 12h, 7d")
+    names = jobs_sub.add_parser("names", help="the jobs registered in the app")
+    common(names)
+
+
+def parse_age(text: str) -> float:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if not match:
+        raise ConfigError(f"--older-than {text!r}: expected a number with a unit s, m, h, d or w (e.g. 7d)")
+    value, unit = float(match[1]), match[2] or "s"
+    return value * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
+
+
+def run_admin(ns: argparse.Namespace, settings: Settings) -> int:
+    if ns.command == "jobs" and ns.jobs_command == "names":
+        from .loader import load_app
+
+        app = load_app(settings.app)
+        for name, job in sorted(app.jobs.items()):
+            print(f"{name}  queue={job.queue} retries={job.max_attempts - 1}")
+        return 0
+    return anyio.run(_run, ns, settings)
+
+
+async def _run(ns: argparse.Namespace, settings: Settings) -> int:
+    engine = create_engine(settings.broker, pool_size=1)
+    try:
+        store = Store(engine)
+        await store.ensure_schema()
+        admin = AdminQueries(store)
+        if ns.command == "status":
+            return await _status(admin, settings, ns.json)
+        action = ns.jobs_command
+        if action == "list":
+            rows = await admin.list_jobs(state=ns.state, queue=ns.queue, name=ns.name, limit=ns.limit)
+            _print_rows(rows, ns.json)
+        elif action == "show":
+            row = await store.get(ns.id)
+            if row is None:
+                print(f"no job {ns.id}", file=sys.stderr)
+                return 1
+            _print_job(row, ns.json)
+        elif action == "retry":
+            return await _retry(admin, ns)
+        elif action == "cancel":
+            outcome = await store.cancel(ns.id)
+            print(f"job {ns.id}: {outcome}" if outcome else f"job {ns.id} is not queued or running; nothing to cancel")
+            return 0 if outcome else 1
+        elif action == "purge":
+            before = time.time() - parse_age(ns.older_than)
+            total = 0
+            while count := await admin.purge_batch(ns.state, before):
+                total += count
+                print(f"purged {total} {ns.state} jobs...", file=sys.stderr)
+            print(f"purged {total} {ns.state} jobs older than {ns.older_than}")
+        return 0
+    finally:
+        await engine.dispose()
+
+
+async def _status(admin: AdminQueries, settings: Settings, as_json: bool) -> int:
+    now = time.time()
+    stats = await admin.stats()
+    workers = await admin.workers(now - 3 * settings.lease_ttl)
+    rate = await admin.finished_since(now - 60) / 60.0
+    if as_json:
+        print(json.dumps({
+            "counts": [{"queue": q, "state": s, "count": n} for q, s, n in stats],
+            "workers": [{"owner": w[0], "node": w[1], "pid": w[2], "queues": w[3], "seen_at": w[5], "done": w[6]} for w in workers],
+            "jobs_per_second_last_minute": round(rate, 2),
+        }))  # fmt: skip
+        return 0
+    queues = sorted({q for q, _, _ in stats})
+    header = ["queue", *State.ALL]
+    table = [[q, *[str(next((n for qq, s, n in stats if qq == q and s == st), 0)) for st in State.ALL]] for q in queues]
+    _table(header, table)
+    print()
+    _table(["worker", "pid", "queues", "jobs done", "seen"], [[w[0], str(w[2]), w[3], str(w[6]), f"{now - w[5]:.0f}s ago"] for w in workers])
+    print(f"\n{rate:.1f} jobs/s finished over the last minute")
+    return 0
+
+
+async def _retry(admin: AdminQueries, ns: argparse.Namespace) -> int:
+    if ns.id is not None:
+        ok = await admin.retry_one(ns.id)
+        print(f"job {ns.id} re-queued" if ok else f"job {ns.id} is not failed, cancelled or expired")
+        return 0 if ok else 1
+    if ns.state is None:
+        raise ConfigError("runner jobs retry: give a job ID or --state failed|cancelled|expired")
+    total = 0
+    while count := await admin.retry_batch(ns.state):
+        total += count
+        print(f"re-queued {total}...", file=sys.stderr)
+    print(f"re-queued {total} {ns.state} jobs")
+    return 0
+
+
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _as_dict(row: JobRow) -> dict[str, Any]:
+    data = dict(vars(row))
+    for column in ("args", "kwargs", "result", "error", "progress", "meta"):
+        try:
+            data[column] = decode_json(data[column]) if data[column] else data[column]
+        except Exception:
+            pass  # an undecodable column is shown raw: that may be why the job failed
+    return data
+
+
+def _print_rows(rows: list[JobRow], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([_as_dict(r) for r in rows]))
+        return
+    _table(
+        ["id", "name", "queue", "state", "attempt", "created", "finished"],
+        [[str(r.id), r.name, r.queue, r.state, str(r.attempt), _when(r.created_at), _when(r.finished_at)] for r in rows],
+    )
+
+
+def _print_job(row: JobRow, as_json: bool) -> None:
+    data = _as_dict(row)
+    if as_json:
+        print(json.dumps(data))
+        return
+    for key in ("id", "name", "queue", "priority", "state", "attempt", "max_attempts", "lost", "key", "parent_id", "root_id", "lease_owner"):
+        print(f"{key:>13}: {data[key]}")
+    print(f"{'args':>13}: {json.dumps(data['args'])}")
+    print(f"{'kwargs':>13}: {json.dumps(data['kwargs'])}")
+    for key in ("created_at", "run_at", "started_at", "finished_at", "expires_at"):
+        print(f"{key:>13}: {_when(data[key])}")
+    if row.started_at and row.finished_at:
+        print(f"{'took':>13}: {row.finished_at - row.started_at:.3f}s")
+    if data["progress"] is not None:
+        print(f"{'progress':>13}: {json.dumps(data['progress'])}")
+    if data["result"] is not None:
+        print(f"{'result':>13}: {json.dumps(data['result'])}")
+    error = data["error"]
+    if error:
+        if isinstance(error, dict):
+            print(f"{'error':>13}: {error.get('type')}: {error.get('message')}")
+            if error.get("traceback"):
+                print(error["traceback"].rstrip())
+        else:
+            print(f"{'error':>13}: {error}")

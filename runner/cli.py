@@ -1,0 +1,158 @@
+"""The ``runner`` command: argparse -> Settings -> one call. Nothing else happens here.
+
+``serve`` runs the supervisor; ``migrate`` creates or upgrades the queue schema; ``enqueue`` puts
+one job on the queue from the shell; ``status`` and ``jobs`` are the admin views (admin.py).
+Flags mirror ``RUNNER_*`` environment variables; a flag wins over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import ConfigError, RunnerError
+from .settings import Settings
+
+__all__ = ["main"]
+
+_DEFAULTS = Settings.__dataclass_fields__
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-A", "--app", help="MODULE[:ATTR] holding the App (default: jobs, the example app)")
+    parser.add_argument("--broker", help="queue database URL (default: sqlite:///runner.db)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", choices=["text", "json"])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runner", description="Durable async job runner: forked workers, one loop and one engine each.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="start the supervisor and its workers")
+    _common(serve)
+    serve.add_argument("--database", help="the jobs' database URL when it is not the broker (exactly-once needs them equal)")
+    serve.add_argument("-w", "--workers", help="worker processes (default: CPU count)")
+    serve.add_argument("-c", "--concurrency", help="jobs at once per worker (default: 8)")
+    serve.add_argument("-Q", "--queues", help="comma-separated queues, served in this order (default: every queue the app names)")
+    serve.add_argument("--burst", action="store_const", const="1", help="exit 0 once nothing is runnable")
+    serve.add_argument("--grace", help="seconds in-flight jobs get on SIGTERM before they are re-queued (default: 30)")
+    serve.add_argument("--lease-ttl", help="seconds a claim lasts without renewal (default: 30)")
+    serve.add_argument("--heartbeat-timeout", help="seconds of worker silence before it is killed (default: 30)")
+    serve.add_argument("--poll-interval", help="seconds between idle polls (default: 0.01 SQLite, 1 PostgreSQL)")
+    serve.add_argument("--max-jobs-per-worker", help="recycle a worker after this many jobs")
+    serve.add_argument("--max-memory-per-worker", help="recycle a worker above this RSS, in MiB")
+    serve.add_argument("--max-payload", help="largest accepted arguments, in bytes of JSON (default: 1 MiB)")
+    serve.add_argument("--max-result", help="largest accepted result, in bytes of JSON (default: 1 MiB)")
+    serve.add_argument("--uvloop", action="store_const", const="1", help="run workers on uvloop (pip install runner[uvloop])")
+    serve.add_argument("--node", help="this host's name in lease owners (default: hostname)")
+
+    migrate = sub.add_parser("migrate", help="create or upgrade the queue schema")
+    _common(migrate)
+
+    enqueue = sub.add_parser("enqueue", help="enqueue one job")
+    _common(enqueue)
+    enqueue.add_argument("name", help="registered job name (see `runner jobs names`)")
+    enqueue.add_argument("--args", default="[]", help="JSON array of positional arguments")
+    enqueue.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
+    enqueue.add_argument("--queue")
+    enqueue.add_argument("--priority", type=int)
+    enqueue.add_argument("--countdown", type=float, help="seconds from now before it may run")
+    enqueue.add_argument("--key", help="idempotency key")
+    enqueue.add_argument("--wait", type=float, help="wait up to this many seconds and print the result")
+
+    from .admin import add_admin_commands
+
+    add_admin_commands(sub, _common)
+    return parser
+
+
+def _settings(ns: argparse.Namespace, app: Any = None) -> Settings:
+    names = set(_DEFAULTS) - {"_CASTS"}
+    overrides = {k: v for k, v in vars(ns).items() if k in names and v is not None}
+    settings = Settings.load(overrides)
+    # The app's own URLs fill in when neither a flag nor the environment named one.
+    if app is not None:
+        if getattr(app, "broker", None) and "broker" not in overrides and "RUNNER_BROKER" not in os.environ:
+            settings = settings.replace(broker=app.broker)
+        if getattr(app, "database", None) and "database" not in overrides and "RUNNER_DATABASE" not in os.environ:
+            settings = settings.replace(database=app.database)
+    return settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = _parser().parse_args(argv)
+    try:
+        return _dispatch(ns)
+    except ConfigError as exc:
+        print(f"runner: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except RunnerError as exc:
+        print(f"runner: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(ns: argparse.Namespace) -> int:
+    from .logs import configure_logging
+
+    settings = _settings(ns)
+    configure_logging(settings.log_level, settings.log_format)
+    if ns.command == "serve":
+        from .loader import load_app
+        from .serve import serve
+
+        app = load_app(settings.app)
+        return serve(app, _settings(ns, app))
+    if ns.command == "migrate":
+        return _migrate(settings)
+    if ns.command == "enqueue":
+        return _enqueue(ns, settings)
+    from .admin import run_admin
+
+    return run_admin(ns, settings)
+
+
+def _migrate(settings: Settings) -> int:
+    import anyio
+
+    from .session import create_engine
+    from .store import Store
+
+    async def run() -> tuple[int, int]:
+        engine = create_engine(settings.broker, pool_size=1)
+        try:
+            return await Store(engine).migrate()
+        finally:
+            await engine.dispose()
+
+    before, after = anyio.run(run)
+    print(f"queue schema at version {after}" + (f" (was {before})" if before != after else " (already current)"))
+    return 0
+
+
+def _enqueue(ns: argparse.Namespace, settings: Settings) -> int:
+    from .loader import load_app
+
+    try:
+        args, kwargs = json.loads(ns.args), json.loads(ns.kwargs)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--args/--kwargs must be JSON ({exc}); e.g. --args '[1, \"x\"]' --kwargs '{{\"id\": 3}}'") from None
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise ConfigError("--args must be a JSON array and --kwargs a JSON object")
+    app = load_app(settings.app)
+    settings = _settings(ns, app)
+    app.configure(broker=settings.broker, max_payload=settings.max_payload)
+    job = app.get(ns.name)
+    options = {k: getattr(ns, k) for k in ("queue", "priority", "countdown", "key") if getattr(ns, k) is not None}
+    handle = job.options(**options).defer(*args, **kwargs)
+    print(handle.id)
+    if ns.wait is not None:
+        print(json.dumps(handle.wait(ns.wait)))
+    app.client.close()
+    return 0

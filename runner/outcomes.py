@@ -1,0 +1,80 @@
+"""Batched outcome writes: many finished attempts, one guarded statement.
+
+Jobs finish one by one; writing each outcome in its own transaction would cost a round trip (and,
+on SQLite, a write lock) per job. Outcomes wait here while the previous batch is being written, so
+batches form by themselves under load and a lone outcome is written at once when idle.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+
+from .store import Outcome, Store
+
+__all__ = ["OutcomeWriter"]
+
+log = logging.getLogger(__name__)
+
+
+class OutcomeWriter:
+    """Owns the buffer of unwritten outcomes for one worker."""
+
+    def __init__(self, store: Store, max_batch: int = 500) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self._pending: list[Outcome] = []
+        self._wake = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
+        self.written = 0
+        self.stale = 0  # outcomes whose row had moved on (lease lost): discarded by the guard
+
+    def add(self, outcome: Outcome) -> None:
+        self._pending.append(outcome)
+        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def run(self) -> None:
+        """Write batches until cancelled; database errors are retried with backoff, the buffer kept."""
+        delay = 0.05
+        while True:
+            if not self._pending:
+                self._idle.set()
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                continue
+            try:
+                await self.flush_once()
+                delay = 0.05
+            except Exception as exc:  # the database may be restarting: keep the outcomes, try again
+                log.warning("writing %d outcomes failed (%s); retrying in %.2fs", len(self._pending), exc, delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def flush_once(self) -> None:
+        batch = self._pending[: self.max_batch]
+        with anyio.CancelScope(shield=True):  # an outcome in flight must not be half-lost to a cancel
+            matched = await self.store.finish(batch)
+        del self._pending[: len(batch)]
+        self.written += matched
+        self.stale += len(batch) - matched
+        if matched != len(batch):
+            log.info("%d outcomes were for attempts that no longer own their job; discarded", len(batch) - matched)
+
+    async def drain(self, timeout: float = 30.0) -> bool:
+        """Write everything pending (on shutdown); False if the database would not take it in time."""
+        with anyio.move_on_after(timeout):
+            while self._pending:
+                try:
+                    await self.flush_once()
+                except Exception as exc:
+                    log.warning("writing outcomes on shutdown failed (%s); retrying", exc)
+                    await anyio.sleep(0.5)
+            return True
+        return False

@@ -1,0 +1,47 @@
+"""``runner serve``: wire Settings and the App into a Supervisor whose children run Workers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from .app import App
+from .settings import Settings
+from .supervisor import Supervisor
+from .worker import Fault, owner_name, run_worker
+
+__all__ = ["serve"]
+
+log = logging.getLogger("runner.serve")
+
+
+def serve(app: App, settings: Settings) -> int:
+    """Run until drained (SIGTERM/SIGINT) or, with ``burst``, until nothing is runnable."""
+    supervisor_pid = os.getpid()
+
+    def entry(slot: int, sock: socket.socket, fault: Fault | None) -> int:
+        return run_worker(app, settings, slot, owner_name(settings, supervisor_pid, slot), sock, fault)
+
+    log.info(
+        "serving app=%s broker=%s workers=%d concurrency=%d%s",
+        settings.app, _redact(settings.broker), settings.workers, settings.concurrency, " burst" if settings.burst else "",
+    )  # fmt: skip
+    supervisor = Supervisor(
+        settings.workers,
+        entry,
+        grace=settings.grace,
+        heartbeat_timeout=settings.heartbeat_timeout,
+        fault_factory=lambda reason, jobs, limit: Fault(reason, jobs, limit),
+    )
+    return supervisor.run()
+
+
+def _redact(url: str) -> str:
+    """Never print a password into logs."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url

@@ -1,0 +1,136 @@
+"""The per-process engine and the scoped session a job runs in.
+
+Why this module exists: an ``AsyncEngine`` belongs to the event loop its connections were made on.
+runner builds one per worker process, after the fork, inside the worker's one loop, and keeps it
+for the worker's life; jobs borrow sessions from it. ``session_scope`` is the unit of work:
+commit on success, roll back on error, cancel or timeout, close always. The rollback and close
+run shielded, so a cancelled job still returns its connection clean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from contextvars import ContextVar
+from typing import Any
+
+import anyio
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool, StaticPool
+
+from .errors import RunnerError
+from .settings import async_url, backend_of
+
+__all__ = ["create_engine", "current_sessionmaker", "session_scope", "use_sessionmaker"]
+
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = 5,
+    max_overflow: int = 2,
+    pre_ping: bool = True,
+    recycle: float = 1800.0,
+    **kwargs: Any,
+) -> AsyncEngine:
+    """An ``AsyncEngine`` on the async driver for ``url``, sized for ``pool_size`` concurrent jobs.
+
+    SQLite gets WAL, ``synchronous=NORMAL`` and ``BEGIN IMMEDIATE`` for every transaction: a
+    deferred transaction that reads and then writes fails at once with SQLITE_BUSY when another
+    process wrote in between, while an immediate one waits its turn on the busy timeout.
+    """
+    if backend_of(url) == "sqlite":
+        return _sqlite_engine(url, pool_size=pool_size, max_overflow=max_overflow, **kwargs)
+    return create_async_engine(
+        async_url(url),
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_pre_ping=pre_ping,
+        pool_recycle=recycle,
+        pool_timeout=60,
+        **kwargs,
+    )
+
+
+def _sqlite_engine(url: str, *, pool_size: int, max_overflow: int, **kwargs: Any) -> AsyncEngine:
+    memory = ":memory:" in url or url.rstrip("/").endswith("sqlite:") or url in ("sqlite://", "sqlite+aiosqlite://")
+    if memory:
+        # Each :memory: connection is its own database: share one connection.
+        kwargs.setdefault("poolclass", StaticPool)
+        kwargs.setdefault("connect_args", {"check_same_thread": False})
+    else:
+        kwargs.setdefault("poolclass", AsyncAdaptedQueuePool)
+        kwargs.setdefault("pool_size", pool_size)
+        kwargs.setdefault("max_overflow", max_overflow)
+        kwargs.setdefault("connect_args", {"timeout": SQLITE_BUSY_TIMEOUT_S})
+    engine = create_async_engine(async_url(url), **kwargs)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below issue BEGIN, instead of the driver's own deferred one.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        if not memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Reads (probes, result polls) stay in autocommit: they must not take the write lock.
+        if not conn.get_execution_options().get("runner_readonly"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+_current: ContextVar[async_sessionmaker[AsyncSession] | None] = ContextVar("runner_sessionmaker", default=None)
+_process_default: list[async_sessionmaker[AsyncSession]] = []
+
+
+def use_sessionmaker(factory: async_sessionmaker[AsyncSession] | None) -> None:
+    """Make ``factory`` what ``session_scope()`` uses in this process (the worker sets it at boot)."""
+    _process_default.clear()
+    if factory is not None:
+        _process_default.append(factory)
+    _current.set(factory)
+
+
+def current_sessionmaker() -> async_sessionmaker[AsyncSession]:
+    factory = _current.get() or (_process_default[0] if _process_default else None)
+    if factory is None:
+        raise RunnerError(
+            "no database session is available here: session_scope() works inside a runner worker, "
+            "in eager mode, or when given bind=engine"
+        )
+    return factory
+
+
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    # expire_on_commit=False: a job's return value may read attributes after the commit.
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=True)
+
+
+@contextlib.asynccontextmanager
+async def session_scope(bind: AsyncEngine | None = None) -> AsyncIterator[AsyncSession]:
+    """One transaction: commit on normal exit, rollback on any exception or cancellation.
+
+    :param bind: an engine to use instead of the worker's own (for scripts and tests).
+    """
+    factory = make_sessionmaker(bind) if bind is not None else current_sessionmaker()
+    session = factory()
+    try:
+        yield session
+        await session.commit()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await session.rollback()
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await session.close()

@@ -1,0 +1,225 @@
+"""One frozen ``Settings`` built at the edge (CLI flags over ``RUNNER_*`` env over defaults).
+
+Nothing reads the environment at import time; the CLI calls ``Settings.load`` once and passes the
+result down. Every value is cast and checked here, so a bad flag or env var fails before any
+process is forked, with a message naming the setting, the bad value and what is accepted.
+Unknown ``RUNNER_*`` variables are errors too: a typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+__all__ = ["Settings", "async_url", "backend_of", "check_url"]
+
+_SQLITE = ("sqlite", "sqlite+aiosqlite", "sqla+sqlite")
+_POSTGRES = ("postgresql", "postgres", "postgresql+asyncpg", "sqla+postgresql", "sqla+postgres")
+_ACCEPTED = "sqlite:///path/to/file.db, sqlite:///:memory:, or postgresql://user:pass@host:5432/dbname"
+
+
+def check_url(url: str, what: str = "broker") -> str:
+    """Return ``url`` if runner can use it, else raise ConfigError naming what is accepted."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError(f"{what} URL {url!r} is not a URL; accepted: {_ACCEPTED}")
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in _SQLITE or scheme in _POSTGRES:
+        if scheme in _POSTGRES and not urlsplit(url).hostname and "host=" not in url:
+            raise ConfigError(f"{what} URL {url!r} names no host; accepted: {_ACCEPTED}")
+        return url
+    hint = ""
+    if scheme.startswith(("redis", "amqp", "rediss", "sqs", "kafka")):
+        hint = " runner keeps its queue in a database table, not in a message broker."
+    raise ConfigError(f"{what} URL scheme {scheme!r} is not supported.{hint} Accepted: {_ACCEPTED}")
+
+
+def backend_of(url: str) -> str:
+    """``"sqlite"`` or ``"postgresql"``."""
+    scheme = check_url(url).split("://", 1)[0].lower()
+    return "sqlite" if scheme in _SQLITE else "postgresql"
+
+
+def async_url(url: str) -> str:
+    """Map a plain URL to SQLAlchemy's asyncio driver: sqlite -> aiosqlite, postgresql -> asyncpg."""
+    check_url(url)
+    scheme, rest = url.split("://", 1)
+    return ("sqlite+aiosqlite://" if backend_of(url) == "sqlite" else "postgresql+asyncpg://") + rest
+
+
+def _positive_int(value: str | int) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be 1 or more")
+    return number
+
+
+def _optional_positive_int(value: str | int | None) -> int | None:
+    if value in (None, "", "0", 0, "none"):
+        return None
+    return _positive_int(value)  # type: ignore[arg-type]
+
+
+def _positive_float(value: str | float) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError("must be greater than 0")
+    return number
+
+
+def _optional_float(value: str | float | None) -> float | None:
+    if value in (None, "", "none"):
+        return None
+    return _positive_float(value)  # type: ignore[arg-type]
+
+
+def _bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("accepted: 1/0, true/false, yes/no, on/off")
+
+
+def _queues(value: str | tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    queues = tuple(q.strip() for q in items if q.strip())
+    return queues or None
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def cast(value: str) -> str:
+        lowered = str(value).lower()
+        if lowered not in options:
+            raise ValueError(f"accepted: {', '.join(options)}")
+        return lowered
+
+    return cast
+
+
+def _url(value: str) -> str:
+    return check_url(value)
+
+
+def _optional_url(value: str | None) -> str | None:
+    return None if value in (None, "") else check_url(value)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``runner serve`` and the admin commands need, fixed before any fork."""
+
+    app: str = "jobs"
+    broker: str = "sqlite:///runner.db"
+    database: str | None = None  # None: the broker URL (and then exactly-once DB jobs apply)
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    concurrency: int = 8
+    queues: tuple[str, ...] | None = None  # None: every queue
+    burst: bool = False
+    grace: float = 30.0
+    lease_ttl: float = 30.0
+    heartbeat_timeout: float = 30.0
+    poll_interval: float | None = None  # None: 10 ms on SQLite, 1 s on PostgreSQL (NOTIFY wakes first)
+    max_jobs_per_worker: int | None = None
+    max_memory_per_worker: int | None = None  # MiB of RSS
+    max_payload: int = 1 << 20
+    max_result: int = 1 << 20
+    max_lost: int = 5
+    result_ttl: float = 7 * 86400.0
+    scheduler: bool = True
+    uvloop: bool = False
+    log_level: str = "info"
+    log_format: str = "text"
+    node: str = field(default_factory=socket.gethostname)
+
+    @property
+    def database_url(self) -> str:
+        return self.database or self.broker
+
+    @property
+    def shared_database(self) -> bool:
+        """True when jobs' sessions and the queue live in one database (exactly-once applies)."""
+        return self.database is None or self.database == self.broker
+
+    @property
+    def effective_poll_interval(self) -> float:
+        if self.poll_interval is not None:
+            return self.poll_interval
+        return 0.01 if backend_of(self.broker) == "sqlite" else 1.0
+
+    @classmethod
+    def load(
+        cls,
+        overrides: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Build from ``overrides`` (CLI flags, None = not given) over ``RUNNER_*`` in ``env``."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        names = {f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")}
+        for key, raw in env.items():
+            if not key.startswith("RUNNER_"):
+                continue
+            name = key[len("RUNNER_") :].lower()
+            if name not in names:
+                raise ConfigError(
+                    f"unknown environment variable {key}; accepted: "
+                    + ", ".join(f"RUNNER_{n.upper()}" for n in sorted(names))
+                )
+            values[name] = _cast(name, raw, source=key)
+        for name, raw in (overrides or {}).items():
+            if raw is None:
+                continue
+            if name not in names:
+                raise ConfigError(f"unknown setting {name!r}; accepted: {', '.join(sorted(names))}")
+            values[name] = _cast(name, raw, source=f"--{name.replace('_', '-')}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+_CASTS: dict[str, Callable[[Any], Any]] = {
+    "app": str,
+    "broker": _url,
+    "database": _optional_url,
+    "workers": _positive_int,
+    "concurrency": _positive_int,
+    "queues": _queues,
+    "burst": _bool,
+    "grace": _positive_float,
+    "lease_ttl": _positive_float,
+    "heartbeat_timeout": _positive_float,
+    "poll_interval": _optional_float,
+    "max_jobs_per_worker": _optional_positive_int,
+    "max_memory_per_worker": _optional_positive_int,
+    "max_payload": _positive_int,
+    "max_result": _positive_int,
+    "max_lost": _positive_int,
+    "result_ttl": _positive_float,
+    "scheduler": _bool,
+    "uvloop": _bool,
+    "log_level": _choice("debug", "info", "warning", "error"),
+    "log_format": _choice("text", "json"),
+    "node": str,
+}
+
+
+def _cast(name: str, raw: Any, *, source: str) -> Any:
+    try:
+        return _CASTS[name](raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}={raw!r} is not valid: {exc}") from None
