@@ -44,9 +44,13 @@ class Client:
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
-    def bind_store(self, store: Store) -> None:
+    def bind_store(self, store: Store | None) -> None:
         """Use ``store`` for every enqueue in this process (the worker calls this)."""
         self._bound = store
+
+    @property
+    def bound_store(self) -> Store | None:
+        return self._bound
 
     @property
     def url(self) -> str:
@@ -115,6 +119,14 @@ class Client:
                 self._portal_cm = anyio.from_thread.start_blocking_portal("asyncio")
                 self._portal = self._portal_cm.__enter__()
             return self._portal
+
+    async def aclose(self) -> None:
+        """Dispose the engine this loop's async enqueues used (call before the loop ends)."""
+        loop = asyncio.get_running_loop()
+        store = self._stores.pop(loop, None)
+        if store is not None:
+            await store.engine.dispose()
+        self.close()
 
     def close(self) -> None:
         """Dispose engines and stop the background loop (safe to call more than once)."""

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .app import App, Context, JobDef
 from .errors import ArgumentsError, JobTimeout, LeaseLost, PayloadTooLarge, Retry, SerializationError, UnknownJob
 from .store import Outcome, Store, error_json
-from .wire import Claimed, State, decode_json, encode_json
+from .wire import Claimed, Envelope, State, decode_json, encode_json
 
 __all__ = ["Executor", "Running", "describe_exception"]
 
@@ -165,15 +166,20 @@ class Executor:
             finally:
                 running.thread_id = None
 
-        # The thread cannot be cancelled; a stop request interrupts it instead (see _interrupt),
+        # The thread cannot be cancelled; a stop request interrupts it instead (see _watch_thread),
         # and we wait for it to return so that a slot never holds two jobs.
+        failure: BaseException | None = None
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_thread, running)
                 try:
-                    return await anyio.to_thread.run_sync(call, limiter=self.thread_limiter)
-                finally:
-                    tg.cancel_scope.cancel()
+                    value = await anyio.to_thread.run_sync(call, limiter=self.thread_limiter)
+                except BaseException as exc:  # re-raised below, outside the task group
+                    failure = exc
+                tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        return value
 
     async def _watch_thread(self, running: Running) -> None:
         """Turn the job scope's deadline or cancel into an exception inside the sync job's thread."""
@@ -222,7 +228,16 @@ class Executor:
             if len(result) > self.max_result:
                 message = f"the result of {job.name} is {len(result):,} bytes of JSON; the limit is {self.max_result:,} (--max-result)"
                 return self._final(claimed, State.FAILED, error=error_json("ResultTooLarge", message, attempt=claimed.attempt))
-        return self._final(claimed, State.SUCCEEDED, result=result)
+        outcome = self._final(claimed, State.SUCCEEDED, result=result)
+        children = _children(claimed, self._meta(claimed).get("on_success"), value)
+        return msgspec.structs.replace(outcome, children=children) if children else outcome
+
+    def _meta(self, claimed: Claimed) -> dict[str, Any]:
+        try:
+            meta = decode_json(claimed.meta) if claimed.meta else {}
+        except SerializationError:
+            return {}
+        return meta if isinstance(meta, dict) else {}
 
     def _stopped(self, running: Running, job: JobDef[Any, Any], max_attempts: int, timeout: Any) -> Outcome:
         claimed = running.claimed
@@ -249,7 +264,9 @@ class Executor:
             log.info("job %s %s attempt %d failed (%s: %s); retry in %.1fs", claimed.id, job.name, claimed.attempt, _type_name(exc), message, wait)
             return Outcome(claimed.id, claimed.lease_token, State.QUEUED, error=error, run_at=time.time() + wait)
         log.warning("job %s %s failed on attempt %d/%d: %s: %s", claimed.id, job.name, claimed.attempt, max_attempts, _type_name(exc), message)
-        return self._final(claimed, State.FAILED, error=error)
+        outcome = self._final(claimed, State.FAILED, error=error)
+        children = _children(claimed, self._meta(claimed).get("on_failure"), claimed.id)
+        return msgspec.structs.replace(outcome, children=children) if children else outcome
 
     def _final(self, claimed: Claimed, state: str, *, result: str | None = None, error: str | None = None) -> Outcome:
         return Outcome(claimed.id, claimed.lease_token, state, result=result, error=error, finished_at=time.time())
@@ -262,6 +279,37 @@ class Executor:
             await self.store.set_progress(claimed.id, claimed.lease_token, text, conn=await running.session.connection())
             return
         await self.store.set_progress(claimed.id, claimed.lease_token, text)
+
+
+def _children(claimed: Claimed, specs: Any, value: Any) -> tuple[Envelope, ...]:
+    """Envelopes for chained jobs (``meta.on_success`` / ``meta.on_failure``): each gets ``value``
+    (the parent's result, or for failures the parent's id) prepended to its args unless it is
+    ``immutable``, and the parent/root ids that tie a workflow together."""
+    if not isinstance(specs, list) or not specs:
+        return ()
+    children = []
+    for spec in specs:
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            log.warning("job %s: ignoring malformed chained job %r", claimed.id, spec)
+            continue
+        args = list(spec.get("args") or [])
+        if not spec.get("immutable"):
+            args.insert(0, value)
+        children.append(
+            Envelope(
+                name=spec["name"],
+                args=args,
+                kwargs=dict(spec.get("kwargs") or {}),
+                queue=spec.get("queue") or claimed.queue,
+                priority=int(spec.get("priority") or 0),
+                max_attempts=spec.get("max_attempts"),
+                key=spec.get("key"),
+                parent_id=claimed.id,
+                root_id=claimed.root_id or claimed.id,
+                meta=spec.get("meta"),
+            )
+        )
+    return tuple(children)
 
 
 def _call_arguments(bound: Any, injected: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:

@@ -78,8 +78,11 @@ _FINISH_ONE = text(
         attempt = attempt + :attempt_delta, cancel_requested = 0,
         lease_expires_at = CASE WHEN :state = 'queued' THEN NULL ELSE lease_expires_at END
     WHERE id = :id AND lease_token = :token AND state = 'running'
+    RETURNING id
     """
 )
+
+_FINISH_ONE_NO_RETURN = text(_FINISH_ONE.text.replace("RETURNING id", ""))
 
 _FINISH_MANY_PG = text(
     """
@@ -94,6 +97,7 @@ _FINISH_MANY_PG = text(
         CAST(:finished_ats AS DOUBLE PRECISION[]), CAST(:deltas AS INTEGER[])
     ) AS v(id, token, state, result, error, run_at, finished_at, attempt_delta)
     WHERE j.id = v.id AND j.lease_token = v.token AND j.state = 'running'
+    RETURNING j.id
     """
 )
 
@@ -216,6 +220,7 @@ class Outcome(msgspec.Struct, frozen=True, array_like=True):
     run_at: float | None = None  # retries: not before
     finished_at: float | None = None
     attempt_delta: int = 0  # -1 gives the attempt back (graceful re-queue)
+    children: tuple[Envelope, ...] = ()  # chained jobs, enqueued in the same transaction
 
     def params(self) -> dict[str, Any]:
         return {
@@ -386,12 +391,25 @@ class Store:
             return await self.finish_in(conn, outcomes)
 
     async def finish_in(self, conn: AsyncConnection, outcomes: Sequence[Outcome]) -> int:
-        """Write outcomes inside the caller's transaction (exactly-once: the job's own)."""
-        if len(outcomes) == 1 or self.backend == "sqlite":
-            if len(outcomes) == 1:
-                return (await conn.execute(_FINISH_ONE, outcomes[0].params())).rowcount
-            result = await conn.execute(_FINISH_ONE, [o.params() for o in outcomes])
-            return result.rowcount
+        """Write outcomes inside the caller's transaction (exactly-once: the job's own).
+
+        Chained children are inserted in the same transaction, and only for outcomes whose guard
+        matched: a stale attempt neither finishes the job nor spawns its successors."""
+        chained = [o for o in outcomes if o.children]
+        plain = [o for o in outcomes if not o.children] if chained else list(outcomes)
+        matched = await self._finish_plain(conn, plain) if plain else 0
+        for outcome in chained:
+            if (await conn.execute(_FINISH_ONE, outcome.params())).first() is not None:
+                matched += 1
+                await self._enqueue(conn, outcome.children, time.time())
+        return matched
+
+    async def _finish_plain(self, conn: AsyncConnection, outcomes: Sequence[Outcome]) -> int:
+        if len(outcomes) == 1:
+            return len((await conn.execute(_FINISH_ONE, outcomes[0].params())).all())
+        if self.backend == "sqlite":
+            # executemany cannot return rows; count matches with a guard-only rowcount instead.
+            return (await conn.execute(_FINISH_ONE_NO_RETURN, [o.params() for o in outcomes])).rowcount
         params = {
             "ids": [o.id for o in outcomes],
             "tokens": [o.token for o in outcomes],
@@ -402,7 +420,7 @@ class Store:
             "finished_ats": [o.finished_at for o in outcomes],
             "deltas": [o.attempt_delta for o in outcomes],
         }
-        return (await conn.execute(_FINISH_MANY_PG, params)).rowcount
+        return len((await conn.execute(_FINISH_MANY_PG, params)).all())
 
     async def renew(self, owner: str, lease_ttl: float) -> int:
         async with self.engine.begin() as conn:

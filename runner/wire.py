@@ -74,7 +74,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     kwargs: dict[str, Any] = {}
     queue: str = "default"
     priority: int = 0  # higher runs sooner within a queue
-    max_attempts: int = 1
+    max_attempts: int | None = None  # None: the job's own default
     run_at: float | None = None  # epoch seconds; None = now
     expires_at: float | None = None  # epoch seconds; None = never
     key: str | None = None  # idempotency key: one live job per key

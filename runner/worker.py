@@ -83,7 +83,17 @@ def run_worker(app: App, settings: Settings, slot: int, owner: str, sock: socket
     """Entry point in the forked child; returns the process exit code."""
     worker = Worker(app, settings, slot, owner, sock, fault)
     backend_options = {"use_uvloop": True} if settings.uvloop else {}
-    anyio.run(worker.main, backend="asyncio", backend_options=backend_options)
+
+    async def main_then_exit() -> None:
+        await worker.main()
+        # Everything durable is done (outcomes written, leases given back, engine disposed).
+        # Leave now: interpreter teardown would wait on driver threads that a cancelled
+        # connection may still be parking in SQLite's busy handler.
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(0)
+
+    anyio.run(main_then_exit, backend="asyncio", backend_options=backend_options)
     return 0
 
 
@@ -127,7 +137,9 @@ class Worker:
         self.store = Store(engine, max_payload=settings.max_payload)
         sessions = make_sessionmaker(db_engine)
         use_sessionmaker(sessions)
-        self.app.client.bind_store(self.store)
+        client = self.app.client
+        unbound = client.bound_store
+        client.bind_store(self.store)  # jobs that enqueue jobs reuse this engine
         self.writer = OutcomeWriter(self.store)
         self.slot_free = anyio.Event()
         self.wake = anyio.Event()
@@ -157,6 +169,7 @@ class Worker:
                 await self._give_back()
                 with contextlib.suppress(Exception):
                     await self.store.worker_gone(self.owner)
+                client.bind_store(unbound)
                 await engine.dispose()
                 if db_engine is not engine:
                     await db_engine.dispose()

@@ -1,0 +1,186 @@
+"""Jobs the test suite runs, in-process and under `runner serve -A tests.apps.basic`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import anyio
+from sqlalchemy import Integer, String, text
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from runner import App, Context, Retry
+
+app = App("tests")
+
+# Loops and engines seen by jobs in this process: one of each, for the whole life of a worker.
+SEEN: dict[str, set[int]] = {"loops": set(), "engines": set()}
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Counter(Base):
+    __tablename__ = "counters"
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Ran(Base):
+    """One row per successful attempt of `record`: proves "exactly once" by counting."""
+
+    __tablename__ = "ran"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tag: Mapped[str] = mapped_column(String(50))
+    pid: Mapped[int] = mapped_column(Integer)
+
+
+@app.on_startup
+async def create_tables(_info: object) -> None:
+    from runner import session_scope
+
+    async with session_scope() as session:
+        await (await session.connection()).run_sync(Base.metadata.create_all)
+
+
+@app.job
+async def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.job
+async def noop() -> None:
+    return None
+
+
+@app.job
+def sync_add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.job
+async def boom(message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+@app.job(retries=2, backoff=0.05, backoff_max=0.1)
+async def flaky(ctx: Context, succeed_on: int) -> int:
+    if ctx.attempt < succeed_on:
+        raise ConnectionError(f"attempt {ctx.attempt} failed")
+    return ctx.attempt
+
+
+@app.job(retries=5, retry_on=(KeyError,), backoff=0.01)
+async def only_keyerror_retries(kind: str) -> None:
+    raise KeyError(kind) if kind == "key" else ValueError(kind)
+
+
+@app.job(retries=3)
+async def asks_retry(ctx: Context) -> int:
+    if ctx.attempt < 3:
+        raise Retry(delay=0.01, reason="not yet")
+    return ctx.attempt
+
+
+@app.job
+async def record(session: AsyncSession, tag: str, sleep: float = 0.0) -> int:
+    """Writes a row and bumps a counter in the job's session; committed with the completion."""
+    await session.execute(text("INSERT INTO ran (tag, pid) VALUES (:tag, :pid)"), {"tag": tag, "pid": os.getpid()})
+    if sleep:
+        await anyio.sleep(sleep)
+    await session.execute(
+        text("UPDATE counters SET value = value + 1 WHERE name = :name"), {"name": "hits"}
+    )
+    return os.getpid()
+
+
+@app.job
+async def record_then_fail(session: AsyncSession, tag: str) -> None:
+    await session.execute(text("INSERT INTO ran (tag, pid) VALUES (:tag, :pid)"), {"tag": tag, "pid": os.getpid()})
+    raise RuntimeError("after writing")
+
+
+@app.job(timeout=0.3)
+async def slow_with_session(session: AsyncSession, tag: str) -> None:
+    await session.execute(text("INSERT INTO ran (tag, pid) VALUES (:tag, :pid)"), {"tag": tag, "pid": os.getpid()})
+    await anyio.sleep(5)
+
+
+@app.job(timeout=0.3)
+def slow_sync(seconds: float) -> str:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "finished"
+
+
+@app.job
+async def sleeper(seconds: float) -> float:
+    await anyio.sleep(seconds)
+    return seconds
+
+
+@app.job
+async def identity(session: AsyncSession) -> list[int]:
+    """Which loop and engine ran this attempt (and a real query on that engine)."""
+    await session.execute(text("SELECT 1"))
+    loop = id(asyncio.get_running_loop())
+    engine = id(session.bind)
+    SEEN["loops"].add(loop)
+    SEEN["engines"].add(engine)
+    return [os.getpid(), loop, engine]
+
+
+@app.job(hard_timeout=1.0, retries=1, backoff=0.01)
+def blocks_forever(tag: str) -> None:
+    """Ignores cancellation entirely: only the supervisor's SIGKILL ends it."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    while True:
+        time.sleep(0.05)
+
+
+@app.job
+async def blocks_loop(seconds: float) -> None:
+    """Blocks the event loop itself (a bug in a job): heartbeats stop."""
+    time.sleep(seconds)
+
+
+@app.job
+async def unencodable() -> object:
+    return object()
+
+
+class BadStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this exception raises")
+
+
+@app.job
+async def raises_bad_str() -> None:
+    raise BadStr()
+
+
+@app.job
+async def big_result(size: int) -> str:
+    return "x" * size
+
+
+@app.job
+async def reports_progress(ctx: Context) -> str:
+    await ctx.progress({"step": 1})
+    return "ok"
+
+
+@app.job
+async def parent_of_chain(x: int) -> int:
+    return x * 10
+
+
+@app.job
+async def child_of_chain(parent_result: int, extra: int) -> int:
+    return parent_result + extra
