@@ -189,6 +189,8 @@ class JobDef(Generic[P, R]):
         self.ignore_result = ignore_result
         self.is_async = inspect.iscoroutinefunction(fn)
         self.session_param, self.context_param, self.signature, self._types = _inspect(fn)
+        self._takes_nothing = not self.signature.parameters
+        self._empty_bound = self.signature.bind() if self._takes_nothing else None
         if self.session_param and not self.is_async:
             raise ConfigError(f"job {name}: an AsyncSession needs an async def job; {fn.__qualname__} is sync")
         self.__doc__ = fn.__doc__
@@ -209,6 +211,8 @@ class JobDef(Generic[P, R]):
         self.bind(args, kwargs)
 
     def bind(self, args: Sequence[Any], kwargs: dict[str, Any]) -> inspect.BoundArguments:
+        if not args and not kwargs and self._takes_nothing:
+            return self._empty_bound
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:

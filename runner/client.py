@@ -9,6 +9,7 @@ worker the client reuses the worker's own store, so jobs that enqueue jobs open 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import threading
 import time
@@ -39,8 +40,7 @@ class Client:
         self.app = app
         self._stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Store] = weakref.WeakKeyDictionary()
         self._bound: Store | None = None
-        self._portal: Any = None
-        self._portal_cm: Any = None
+        self._portal: _BackgroundLoop | None = None
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
@@ -62,7 +62,8 @@ class Client:
         loop = asyncio.get_running_loop()
         store = self._stores.get(loop)
         if store is None:
-            store = Store(create_engine(self.url, pool_size=5, max_overflow=5), max_payload=self.app.max_payload)
+            engine = create_engine(self.url, pool_size=10, max_overflow=10, pre_ping=False)
+            store = Store(engine, max_payload=self.app.max_payload)
             await store.ensure_schema()
             self._stores[loop] = store
         return store
@@ -112,12 +113,12 @@ class Client:
             return self._ensure_portal().call(fn, *args)
         raise RunnerError("this is the sync API, called inside a running event loop: use the *_async variant")
 
-    def _ensure_portal(self) -> Any:
+    def _ensure_portal(self) -> _BackgroundLoop:
         with self._lock:
             if self._portal is None or self._pid != os.getpid():
                 self._pid = os.getpid()
-                self._portal_cm = anyio.from_thread.start_blocking_portal("asyncio")
-                self._portal = self._portal_cm.__enter__()
+                self._portal = _BackgroundLoop()
+                atexit.register(self.close)
             return self._portal
 
     async def aclose(self) -> None:
@@ -141,9 +142,28 @@ class Client:
                 try:
                     self._portal.call(dispose)
                 finally:
-                    self._portal_cm.__exit__(None, None, None)
-            self._portal = self._portal_cm = None
+                    self._portal.stop()
+            self._portal = None
             self._stores = weakref.WeakKeyDictionary()
+
+
+class _BackgroundLoop:
+    """An event loop in a daemon thread for sync callers: a script that enqueues and exits must
+    not hang on a loop thread the way a non-daemon portal thread would."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="runner-client", daemon=True)
+        self.thread.start()
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(fn(*args), self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        if not self.thread.is_alive():
+            self.loop.close()
 
 
 class JobHandle:

@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 import msgspec
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .app import App, Context, JobDef
@@ -132,6 +133,14 @@ class Executor:
         except LeaseLost:
             log.warning("job %s lost its lease; its transaction was rolled back", claimed.id)
             return None
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                # The database went away under the job (restart, failover): not the job's fault,
+                # so the attempt is given back and the job runs again once the database answers.
+                log.warning("job %s: database connection lost (%s); re-queued", claimed.id, type(exc.orig).__name__)
+                error = error_json("DatabaseUnavailable", describe_exception(exc), attempt=claimed.attempt)
+                return Outcome(claimed.id, claimed.lease_token, State.QUEUED, error=error, run_at=time.time() + 1.0, attempt_delta=-1)
+            return self._retry_or_fail(claimed, job, max_attempts, exc)
         except Exception as exc:
             return self._retry_or_fail(claimed, job, max_attempts, exc)
 

@@ -56,6 +56,7 @@ POOL_OVERFLOW = 2
 HEARTBEAT_EVERY = 1.0
 CANCEL_POLL_EVERY = 0.5
 BURST_HORIZON = 3.0
+CLAIM_BATCH_WAIT = 0.005
 
 
 @dataclass(frozen=True)
@@ -129,10 +130,13 @@ class Worker:
     async def main(self) -> None:
         settings = self.settings
         pool = self.concurrency + 1  # +1: lease renewal and claims never wait behind C busy jobs
-        engine = create_engine(settings.broker, pool_size=pool, max_overflow=POOL_OVERFLOW)
+        # No pre-ping: it costs a round trip per checkout. A dead connection instead fails one
+        # statement, which invalidates the pool; queue operations retry, and a job whose
+        # connection died is given back without counting an attempt (executor.py).
+        engine = create_engine(settings.broker, pool_size=pool, max_overflow=POOL_OVERFLOW, pre_ping=False)
         db_engine: AsyncEngine = engine
         if not settings.shared_database:
-            db_engine = create_engine(settings.database_url, pool_size=self.concurrency, max_overflow=POOL_OVERFLOW)
+            db_engine = create_engine(settings.database_url, pool_size=self.concurrency, max_overflow=POOL_OVERFLOW, pre_ping=False)
         self.engine, self.db_engine = engine, db_engine
         self.store = Store(engine, max_payload=settings.max_payload)
         sessions = make_sessionmaker(db_engine)
@@ -143,6 +147,7 @@ class Worker:
         self.writer = OutcomeWriter(self.store)
         self.slot_free = anyio.Event()
         self.wake = anyio.Event()
+        self.inbox: asyncio.Queue[Claimed] = asyncio.Queue()
         self.executor = Executor(
             self.app,
             self.store,
@@ -221,7 +226,11 @@ class Worker:
                 side.start_soon(listen_forever, self.settings.broker, self._poke)
             async with anyio.create_task_group() as jobs:
                 self.jobs_scope = jobs.cancel_scope
-                await self._claim_loop(jobs)
+                # One long-lived task per slot, fed from the inbox: no task is spawned per job.
+                for slot in range(self.concurrency):
+                    jobs.start_soon(self._slot, name=f"slot {slot}")
+                await self._claim_loop()
+                self._empty_inbox()
                 await self._wait_in_flight()
                 jobs.cancel_scope.cancel()
             await self.writer.drain()
@@ -249,16 +258,38 @@ class Worker:
 
     # -- the claim loop -------------------------------------------------------------------------
 
-    async def _claim_loop(self, jobs: anyio.abc.TaskGroup) -> None:
+    def _free(self) -> int:
+        return self.concurrency - len(self.running) - self.inbox.qsize()
+
+    def _empty_inbox(self) -> None:
+        """Claimed but not started: left to the give-back statement at shutdown."""
+        while not self.inbox.empty():
+            self.inbox.get_nowait()
+
+    async def _slot(self) -> None:
+        while True:
+            claimed = await self.inbox.get()
+            if self.draining:
+                continue
+            running = Running(claimed)
+            self.running[claimed.id] = running
+            await self._run_one(running)
+
+    async def _claim_loop(self) -> None:
         poll = self.settings.effective_poll_interval
         sqlite = self.store.backend == "sqlite"
         failures = 0
+        batch = max(1, self.concurrency // 2)
         while not self.draining:
-            free = self.concurrency - len(self.running)
-            if free <= 0:
+            free = self._free()
+            if free <= 0 or (0 < free < batch and self.running):
+                # Claim in batches: a round trip per freed slot would cap throughput on short
+                # jobs. Wait briefly for more slots to free up; a lone slot still gets work soon.
                 self.slot_free = anyio.Event()
-                await self.slot_free.wait()
-                continue
+                with anyio.move_on_after(CLAIM_BATCH_WAIT if free > 0 else None):
+                    await self.slot_free.wait()
+                if free <= 0 or self._free() != free:
+                    continue  # more slots freed up: recompute; else claim for what we have
             try:
                 claimed = await self.store.claim(self.owner, self.queues, free, self.settings.lease_ttl)
                 failures = 0
@@ -269,7 +300,7 @@ class Worker:
                 await anyio.sleep(delay)
                 continue
             for row in claimed:
-                self._start(jobs, row)
+                self.inbox.put_nowait(row)
             if claimed:
                 continue
             if self.settings.burst and await self._burst_finished():
@@ -296,20 +327,22 @@ class Worker:
                 return
 
     async def _burst_finished(self) -> bool:
-        if self.running or self.writer.pending:
+        if self.running or self.writer.pending or not self.inbox.empty():
             return False
         try:
-            return not await self.store.has_runnable(self.queues, within=BURST_HORIZON)
+            if await self.store.has_runnable(self.queues, within=BURST_HORIZON):
+                return False
+            if await self.store.has_expiring(self.queues, within=BURST_HORIZON):
+                # A dead worker's jobs: sweep them back now rather than exit without them.
+                await self.store.rescue_expired(self.settings.max_lost)
+                await anyio.sleep(0.2)
+                return False
+            return True
         except Exception:
             return False
 
     def _poke(self) -> None:
         self.wake.set()
-
-    def _start(self, jobs: anyio.abc.TaskGroup, claimed: Claimed) -> None:
-        running = Running(claimed)
-        self.running[claimed.id] = running
-        jobs.start_soon(self._run_one, running, name=f"job {claimed.id}")
 
     async def _run_one(self, running: Running) -> None:
         claimed = running.claimed

@@ -42,8 +42,13 @@ class Ran(Base):
 async def create_tables(_info: object) -> None:
     from runner import session_scope
 
-    async with session_scope() as session:
-        await (await session.connection()).run_sync(Base.metadata.create_all)
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        async with session_scope() as session:
+            await (await session.connection()).run_sync(Base.metadata.create_all)
+    except DBAPIError:  # another worker created them at the same instant
+        pass
 
 
 @app.job

@@ -1,0 +1,94 @@
+"""Settings, URLs, the CLI's errors, and the public API surface."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import runner
+from runner import ConfigError, Settings
+from runner.settings import async_url, backend_of
+
+from .conftest import REPO
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(runner.__all__) == [
+        "App", "ArgumentsError", "Call", "ConfigError", "Context", "EnqueueError", "Envelope",
+        "JobCancelled", "JobDef", "JobError", "JobExpired", "JobFailed", "JobHandle", "JobTimeout",
+        "LeaseLost", "PayloadTooLarge", "ResultTimeout", "Retry", "RunnerError", "SchemaError",
+        "SerializationError", "Settings", "State", "UnknownJob", "WorkerInfo", "create_engine", "session_scope",
+    ]  # fmt: skip
+    for name in runner.__all__:
+        assert hasattr(runner, name)
+
+
+def test_flags_win_over_environment_over_defaults() -> None:
+    settings = Settings.load({"workers": "3"}, env={"RUNNER_WORKERS": "5", "RUNNER_CONCURRENCY": "7", "RUNNER_QUEUES": "a, b"})
+    assert (settings.workers, settings.concurrency, settings.queues) == (3, 7, ("a", "b"))
+    assert Settings.load({}, env={}).broker == "sqlite:///runner.db"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"RUNNER_WORKRES": "2"}, "unknown environment variable RUNNER_WORKRES; accepted: "),
+        ({"RUNNER_WORKERS": "zero"}, "RUNNER_WORKERS='zero' is not valid"),
+        ({"RUNNER_WORKERS": "0"}, "must be 1 or more"),
+        ({"RUNNER_BURST": "maybe"}, "accepted: 1/0, true/false"),
+        ({"RUNNER_BROKER": "redis://localhost:6379/0"}, "runner keeps its queue in a database table"),
+        ({"RUNNER_BROKER": "amqp://guest@localhost//"}, "scheme 'amqp' is not supported"),
+        ({"RUNNER_BROKER": "not a url"}, "is not a URL; accepted: sqlite:///"),
+        ({"RUNNER_BROKER": "postgresql:///nohost"}, "names no host"),
+        ({"RUNNER_LOG_LEVEL": "loud"}, "accepted: debug, info, warning, error"),
+    ],
+)
+def test_bad_settings_name_the_problem_and_what_is_accepted(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.").replace("/", "/")):
+        Settings.load({}, env=env)
+
+
+def test_urls_map_to_async_drivers() -> None:
+    assert async_url("postgresql://u@h/db") == "postgresql+asyncpg://u@h/db"
+    assert async_url("sqla+postgresql://u@h/db") == "postgresql+asyncpg://u@h/db"
+    assert async_url("sqlite:///x.db") == "sqlite+aiosqlite:///x.db"
+    assert backend_of("sqla+sqlite:///x.db") == "sqlite"
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    full = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
+    full.update(env or {})
+    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=REPO, env=full, capture_output=True, text=True, timeout=60)
+
+
+def test_cli_rejects_bad_config_with_exit_code_2() -> None:
+    result = run_cli("serve", "--broker", "redis://localhost/0")
+    assert result.returncode == 2
+    assert "configuration error" in result.stderr and "redis" in result.stderr
+    result = run_cli("serve", "-A", "no_such_module_here")
+    assert result.returncode == 2 and "no module named 'no_such_module_here'" in result.stderr
+
+
+def test_cli_migrate_enqueue_show_status(sqlite_url: str) -> None:
+    assert "version 1" in run_cli("migrate", "--broker", sqlite_url).stdout
+    enqueued = run_cli("enqueue", "-A", "tests.apps.basic", "--broker", sqlite_url, "tests.apps.basic.add", "--args", "[2, 3]")
+    assert enqueued.returncode == 0, enqueued.stderr
+    job_id = enqueued.stdout.strip()
+    shown = run_cli("jobs", "show", job_id, "--broker", sqlite_url)
+    assert "tests.apps.basic.add" in shown.stdout and "queued" in shown.stdout
+    status = run_cli("status", "--broker", sqlite_url, "--json")
+    assert '"state": "queued", "count": 1' in status.stdout
+    bad = run_cli("enqueue", "-A", "tests.apps.basic", "--broker", sqlite_url, "tests.apps.basic.add", "--args", "[1]")
+    assert bad.returncode == 1 and "missing a required argument: 'y'" in bad.stderr
+    unknown = run_cli("enqueue", "-A", "tests.apps.basic", "--broker", sqlite_url, "nope")
+    assert unknown.returncode == 1 and "unknown job 'nope'; registered jobs:" in unknown.stderr
+    listed = run_cli("jobs", "list", "--broker", sqlite_url)
+    assert "tests.apps.basic.add" in listed.stdout
+    cancelled = run_cli("jobs", "cancel", job_id, "--broker", sqlite_url)
+    assert "cancelled" in cancelled.stdout
+    retried = run_cli("jobs", "retry", "--state", "cancelled", "--broker", sqlite_url)
+    assert "re-queued 1" in retried.stdout
