@@ -191,7 +191,10 @@ class Supervisor:
             log.info("worker slot=%d recycled (%s); replacing", slot.index, leaving.reason)
             slot.restarts, slot.next_start = 0, now
         else:
-            young = now - slot.started_at < YOUNG_DEATH
+            # Only a worker that never got ready is a crash loop worth slowing down; one killed
+            # mid-run (OOM killer, kill -9, a segfaulting job) is replaced at once, because
+            # its queue slots sit idle until it is.
+            young = not slot.ready and now - slot.started_at < YOUNG_DEATH
             slot.restarts = slot.restarts + 1 if young else 0
             backoff = min(30.0, 0.5 * 2 ** (slot.restarts - 1)) if young else 0.0
             reason = slot.kill_reason.reason if slot.kill_reason is not None else "died"
