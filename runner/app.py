@@ -13,7 +13,7 @@ import inspect
 import random
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar
 
@@ -101,11 +101,15 @@ class JobOptions:
     eta: datetime | float | None = None
     expires: float | datetime | timedelta | None = None
     key: str | None = None
+    key_ttl: float | timedelta | None = None  # the key also matches a job that succeeded this recently
     max_attempts: int | None = None
     parent_id: int | None = None
     root_id: int | None = None
     meta: dict[str, Any] | None = None
     session: AsyncSession | None = None  # enqueue inside the caller's transaction
+    on_success: Call | Sequence[Call] | None = None  # enqueued when this job succeeds, result first
+    on_failure: Call | Sequence[Call] | None = None  # enqueued when it fails for good, its id first
+    immutable: bool = False  # when this call is chained: do not prepend the parent's result
 
 
 def _epoch(value: datetime | float | None, now: float) -> float | None:
@@ -150,10 +154,37 @@ class Call:
             run_at=run_at,
             expires_at=expires_at,
             key=opts.key,
+            key_ttl=opts.key_ttl.total_seconds() if isinstance(opts.key_ttl, timedelta) else opts.key_ttl,
             parent_id=opts.parent_id,
             root_id=opts.root_id,
-            meta=opts.meta,
+            meta=self._meta(),
         )
+
+    def _meta(self) -> dict[str, Any] | None:
+        opts = self.options
+        if opts.on_success is None and opts.on_failure is None:
+            return opts.meta
+        meta = dict(opts.meta or {})
+        for key, calls in (("on_success", opts.on_success), ("on_failure", opts.on_failure)):
+            if calls is not None:
+                meta[key] = [c.chained() for c in ([calls] if isinstance(calls, Call) else calls)]
+        return meta
+
+    def chained(self) -> dict[str, Any]:
+        """This call as a chained-job spec in its parent's meta. Its arguments are checked when it
+        runs, since the parent's result is prepended to them then."""
+        opts = self.options
+        return {
+            "name": self.job.name,
+            "args": list(self.args),
+            "kwargs": self.kwargs,
+            "queue": opts.queue or self.job.queue,
+            "priority": self.job.priority if opts.priority is None else opts.priority,
+            "max_attempts": opts.max_attempts,
+            "key": opts.key,
+            "meta": self._meta(),
+            "immutable": opts.immutable,
+        }
 
 
 class JobDef(Generic[P, R]):
@@ -232,8 +263,9 @@ class JobDef(Generic[P, R]):
         return Call(self, tuple(args), dict(kwargs))
 
     def options(self, **options: Any) -> BoundOptions[P, R]:
-        """Per-call options: queue, priority, countdown, eta, expires, key, max_attempts, meta,
-        parent_id, root_id, session (enqueue in the caller's transaction)."""
+        """Per-call options: queue, priority, countdown, eta, expires, key, key_ttl, max_attempts,
+        meta, parent_id, root_id, session (enqueue in the caller's transaction), on_success /
+        on_failure (calls to enqueue after this one), immutable (take no parent result)."""
         try:
             return BoundOptions(self, JobOptions(**options))
         except TypeError:
@@ -330,7 +362,7 @@ class App:
         self.max_payload = max_payload
         self.jobs: dict[str, JobDef[Any, Any]] = {}
         self.lifespans: list[Lifespan] = []
-        self.periodic: list[Any] = []
+        self.schedules: list[Any] = []  # Periodic entries (scheduler.py)
         self._client: Any = None
 
     def __repr__(self) -> str:
@@ -405,6 +437,41 @@ class App:
             return definition
 
         return register(fn) if fn is not None else register
+
+    def periodic(
+        self,
+        *,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        tz: str = "UTC",
+        name: str | None = None,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        missed: str = "once",
+        **options: Any,
+    ) -> Callable[[Any], Any]:
+        """Run a job on a schedule: ``cron="0 3 * * *"`` in ``tz``, or ``every=`` seconds.
+
+        Stack it on ``@app.job`` (or on a plain function, which it registers). Every ``runner
+        serve`` runs the scheduler; each fire time is enqueued once (see scheduler.py).
+        ``missed="once"`` runs one catch-up after downtime, ``"skip"`` drops missed times.
+        ``options`` are per-call options (queue, priority, expires, max_attempts).
+        """
+        from .scheduler import Periodic, parse_schedule
+
+        schedule = parse_schedule(cron, every, tz)
+
+        def register(target: Any) -> Any:
+            job = target if isinstance(target, JobDef) else self.job(target)
+            entry_name = name or job.name
+            if any(p.name == entry_name for p in self.schedules):
+                raise ConfigError(f"two periodic entries are named {entry_name!r}; give one of them name=...")
+            self.schedules.append(
+                Periodic(entry_name, job, schedule, tuple(args), dict(kwargs or {}), missed, dict(options))  # type: ignore[arg-type]
+            )
+            return job
+
+        return register
 
     def route(self, job_name: str) -> str:
         for pattern, queue in self.routes.items():

@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-result", help="largest accepted result, in bytes of JSON (default: 1 MiB)")
     serve.add_argument("--uvloop", action="store_const", const="1", help="run workers on uvloop (pip install runner[uvloop])")
     serve.add_argument("--node", help="this host's name in lease owners (default: hostname)")
+    serve.add_argument("--no-scheduler", dest="scheduler", action="store_const", const="0", help="do not fire periodic jobs from this host")
+    serve.add_argument("--result-ttl", help="seconds finished jobs are kept before workers purge them (default: 7 days)")
 
     migrate = sub.add_parser("migrate", help="create or upgrade the queue schema")
     _common(migrate)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .errors import PayloadTooLarge
@@ -183,6 +183,23 @@ _HELD = text(
     " WHERE id = :id AND state = 'running' AND lease_owner = :owner"
 )
 
+_LAST_FIRE = text("SELECT max(fire_at) FROM runner_schedule WHERE name = :name")
+_FIRE = text(
+    "INSERT INTO runner_schedule (name, fire_at) VALUES (:name, :fire_at) ON CONFLICT DO NOTHING RETURNING name"
+)
+_FIRED = text("UPDATE runner_schedule SET job_id = :job_id WHERE name = :name AND fire_at = :fire_at")
+_PRUNE_SCHEDULE = text(
+    "DELETE FROM runner_schedule WHERE fire_at < :before"
+    " AND fire_at < (SELECT max(s.fire_at) FROM runner_schedule s WHERE s.name = runner_schedule.name)"
+)
+_PURGE_FINISHED = text(
+    "DELETE FROM runner_jobs WHERE id IN (SELECT id FROM runner_jobs"
+    " WHERE finished_at < :before AND state IN ('succeeded', 'failed', 'cancelled', 'expired') LIMIT :n)"
+)
+_MAKE_DUE = text("UPDATE runner_jobs SET run_at = 0 WHERE state = 'queued' AND id IN :ids").bindparams(
+    bindparam("ids", expanding=True)
+)
+
 _CANCEL_QUEUED = text(
     "UPDATE runner_jobs SET state = 'cancelled', finished_at = :now,"
     " error = :error WHERE id = :id AND state = 'queued'"
@@ -201,6 +218,7 @@ _JOB_COLUMNS = (
     " key, parent_id, root_id, meta, lease_owner, created_at, run_at, started_at, finished_at, expires_at"
 )
 _GET = text(f"SELECT {_JOB_COLUMNS} FROM runner_jobs WHERE id = :id")
+_GET_MANY = text(f"SELECT {_JOB_COLUMNS} FROM runner_jobs WHERE id IN :ids").bindparams(bindparam("ids", expanding=True))
 
 _WORKER_UPSERT = text(
     """
@@ -339,10 +357,15 @@ class Store:
             for i, new_id in zip(plain, new_ids):
                 rows[i]["id"] = new_id
                 ids[i] = new_id
-            await self._insert_many(conn, [rows[i] for i in plain], now)
+            await self._insert_many(conn, [_without_key_since(rows[i]) for i in plain], now)
         return [int(i) for i in ids if i is not None]
 
     async def _insert_one(self, conn: AsyncConnection, row: dict[str, Any], now: float) -> int:
+        since = row.pop("key_since", None)
+        if since is not None and row["key"] is not None:
+            recent = (await conn.execute(_RECENT_BY_KEY, {"key": row["key"], "since": since})).scalar()
+            if recent is not None:
+                return int(recent)
         for _ in range(5):
             new_id = (await conn.execute(_INSERT_ONE, {**row, "now": now})).scalar()
             if new_id is not None:
@@ -372,11 +395,6 @@ class Store:
             for row in rows
         ]  # fmt: skip
         await conn.execute(_INSERT_MANY_PG, {"rows": _BATCH_ENCODER.encode(raw).decode(), "now": now})
-
-    async def find_recent_by_key(self, key: str, since: float) -> int | None:
-        async with self._read() as conn:
-            found = (await conn.execute(_RECENT_BY_KEY, {"key": key, "since": since})).scalar()
-        return None if found is None else int(found)
 
     # -- claim, finish, renew -----------------------------------------------------------------
 
@@ -529,9 +547,50 @@ class Store:
     async def get_many(self, ids: Sequence[int]) -> list[JobRow]:
         if not ids:
             return []
-        statement = text(f"SELECT {_JOB_COLUMNS} FROM runner_jobs WHERE id IN ({', '.join(str(int(i)) for i in ids)})")
         async with self._read() as conn:
-            return [JobRow(*row) for row in (await conn.execute(statement)).all()]
+            return [JobRow(*row) for row in (await conn.execute(_GET_MANY, {"ids": [int(i) for i in ids]})).all()]
+
+    # -- periodic jobs --------------------------------------------------------------------------
+
+    async def last_fire(self, name: str) -> float | None:
+        async with self._read() as conn:
+            found = (await conn.execute(_LAST_FIRE, {"name": name})).scalar()
+        return None if found is None else float(found)
+
+    async def fire(self, name: str, fire_at: float, envelope: Envelope) -> int | None:
+        """Enqueue a periodic job for one fire time, unless any scheduler already did: the
+        (name, fire_at) row and the job row commit together or not at all."""
+        async with self.engine.begin() as conn:
+            claimed = (await conn.execute(_FIRE, {"name": name, "fire_at": fire_at})).first()
+            if claimed is None:
+                return None
+            [job_id] = await self._enqueue(conn, [envelope], time.time())
+            await conn.execute(_FIRED, {"name": name, "fire_at": fire_at, "job_id": job_id})
+            return job_id
+
+    async def prune_schedule(self, before: float) -> int:
+        async with self._read() as conn:
+            return (await conn.execute(_PRUNE_SCHEDULE, {"before": before})).rowcount
+
+    # -- retention and test support -------------------------------------------------------------
+
+    async def purge_finished(self, before: float, batch: int = 500) -> int:
+        """Delete one small batch of jobs that finished before ``before`` (result retention);
+        small so that the delete never holds SQLite's write lock for long."""
+        async with self._read() as conn:
+            return (await conn.execute(_PURGE_FINISHED, {"before": before, "n": batch})).rowcount
+
+    async def make_due(self, ids: Sequence[int]) -> int:
+        """Let queued jobs run now whatever their ETA or backoff (eager mode runs retries at once)."""
+        if not ids:
+            return 0
+        async with self._read() as conn:
+            return (await conn.execute(_MAKE_DUE, {"ids": [int(i) for i in ids]})).rowcount
+
+
+def _without_key_since(row: dict[str, Any]) -> dict[str, Any]:
+    row.pop("key_since", None)
+    return row
 
 
 def _row(env: Envelope, now: float, max_payload: int) -> dict[str, Any]:
@@ -554,6 +613,7 @@ def _row(env: Envelope, now: float, max_payload: int) -> dict[str, Any]:
         "run_at": now if env.run_at is None else env.run_at,
         "expires_at": env.expires_at,
         "key": env.key,
+        "key_since": None if env.key_ttl is None else now - env.key_ttl,
         "parent_id": env.parent_id,
         "root_id": env.root_id,
         "meta": None if env.meta is None else encode_json(env.meta, "job meta"),

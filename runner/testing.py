@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,62 +42,83 @@ async def run_burst(app: App, broker: str, *, concurrency: int = 4, **settings: 
     return worker
 
 
-@contextlib.contextmanager
-def eager(app: App) -> Iterator[list[JobHandle]]:
+class eager:  # noqa: N801 - used like a function: ``with eager(app):``
     """Within the block, ``job.defer(...)`` and ``defer_async`` run the job inline, on the
-    caller's loop (or a private one for sync callers), against an in-memory SQLite queue."""
-    original_async = app.client.defer_many_async
-    handles: list[JobHandle] = []
+    caller's loop (or the client's private one for sync callers), against an in-memory SQLite
+    queue: the same SQL, claim and completion path as a worker, so handles, retries (run at
+    once), chaining and errors behave as in production.
 
-    async def defer_many_async(calls: Any, *, session: Any = None) -> list[JobHandle]:
-        made = await original_async(calls, session=session)
-        store = await app.client.store()
-        worker = Worker(app, Settings(broker="sqlite:///:memory:", burst=True), slot=0, owner=f"eager:{os.getpid()}", sock=None)
-        worker.store = store
-        await _run_inline(app, worker, store, [h.id for h in made])
-        handles.extend(made)
-        return made
+    Use ``with eager(app):`` in sync code and ``async with eager(app):`` in async code (so the
+    in-memory queue is closed on your loop). Jobs that take an ``AsyncSession`` get one on
+    ``engine`` when given (your test database's engine), else on the in-memory queue database.
+    The block yields the handles of every job run in it.
+    """
 
-    previous_broker = app.broker
-    app.configure(broker="sqlite:///:memory:")
-    app.client.defer_many_async = defer_many_async  # type: ignore[method-assign]
-    try:
-        yield handles
-    finally:
-        app.client.close()
-        app.configure(broker=previous_broker or "sqlite:///runner.db")
-        if previous_broker is None:
-            app.broker = None
+    def __init__(self, app: App, *, engine: AsyncEngine | None = None) -> None:
+        self.app = app
+        self.engine = engine
+        self.handles: list[JobHandle] = []
+        self._executor: Any = None
+        self._previous: str | None = None
+
+    def __enter__(self) -> list[JobHandle]:
+        app = self.app
+        self._previous = app.broker
+        app.configure(broker="sqlite:///:memory:")  # a new client: patch that one, below
+        original = app.client.defer_many_async
+
+        async def defer_many_async(calls: Any, *, session: Any = None) -> list[JobHandle]:
+            made = await original(calls, session=session)
+            store = await app.client.store()
+            if self._executor is None:
+                self._executor = _eager_executor(app, store, self.engine)
+            await _run_inline(app, self._executor, store, [h.id for h in made])
+            self.handles.extend(made)
+            return made
+
+        app.client.defer_many_async = defer_many_async  # type: ignore[method-assign]
+        return self.handles
+
+    def __exit__(self, *exc: object) -> None:
+        self.app.client.close()
+        self.app.configure(broker=self._previous or "sqlite:///runner.db")
+        self.app.broker = self._previous
+
+    async def __aenter__(self) -> list[JobHandle]:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.app.client.aclose()
+        self.__exit__()
 
 
-async def _run_inline(app: App, worker: Worker, store: Any, ids: list[int]) -> None:
-    from .executor import Executor, Running
+def _eager_executor(app: App, store: Any, engine: AsyncEngine | None) -> Any:
+    from .executor import Executor
     from .session import make_sessionmaker
 
-    executor = Executor(
-        app, store, make_sessionmaker(store.engine), exactly_once=True, max_payload=1 << 20, max_result=1 << 20,
-        thread_limiter=anyio.CapacityLimiter(4),
+    return Executor(
+        app, store, make_sessionmaker(engine or store.engine), exactly_once=engine is None, max_payload=app.max_payload,
+        max_result=1 << 20, thread_limiter=anyio.CapacityLimiter(4),
     )  # fmt: skip
-    for _ in range(len(ids) * 50 + 1):  # retries with backoff are run at once in eager mode
-        claimed = await store.claim(f"eager:{os.getpid()}", sorted({j.queue for j in app.jobs.values()} | {app.default_queue}), 100, 60.0)
-        claimed = [c for c in claimed]
+
+
+async def _run_inline(app: App, executor: Any, store: Any, ids: list[int]) -> None:
+    from .executor import Running
+
+    queues = sorted({j.queue for j in app.jobs.values()} | {app.default_queue} | set(app.routes.values()))
+    owner = f"eager:{os.getpid()}"
+    for _ in range(len(ids) * 50 + 1):  # bounded: retries run at once, chained jobs too
+        claimed = await store.claim(owner, queues, 100, 60.0)
         if not claimed:
-            pending = [r for r in await store.get_many(ids) if r.state == "queued"]
+            pending = [r.id for r in await store.get_many(ids) if r.state == "queued"]
             if not pending:
                 return
-            await _make_due(store, [r.id for r in pending])
+            await store.make_due(pending)
             continue
         for row in claimed:
             outcome = await executor.run(Running(row))
             if outcome is not None:
                 await store.finish([outcome])
-
-
-async def _make_due(store: Any, ids: list[int]) -> None:
-    from sqlalchemy import text
-
-    async with store.engine.begin() as conn:
-        await conn.execute(text(f"UPDATE runner_jobs SET run_at = 0 WHERE id IN ({', '.join(map(str, ids))})"))
 
 
 @contextlib.asynccontextmanager

@@ -78,6 +78,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     run_at: float | None = None  # epoch seconds; None = now
     expires_at: float | None = None  # epoch seconds; None = never
     key: str | None = None  # idempotency key: one live job per key
+    key_ttl: float | None = None  # not a column: also dedupe against a success this recent (s)
     parent_id: int | None = None
     root_id: int | None = None
     meta: dict[str, Any] | None = None  # headers, callbacks, per-call limits

@@ -18,7 +18,6 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import asyncio
 
@@ -30,6 +29,7 @@ from .errors import JobTimeout
 from .executor import Executor, Running
 from .notify import listen_forever
 from .outcomes import OutcomeWriter
+from .scheduler import Scheduler
 from .session import create_engine, make_sessionmaker, use_sessionmaker
 from .settings import Settings, backend_of
 from .store import Outcome, Store, error_json
@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 POOL_OVERFLOW = 2
 HEARTBEAT_EVERY = 1.0
 CANCEL_POLL_EVERY = 0.5
+RETENTION_EVERY = 60.0  # seconds between result-retention sweeps
 BURST_HORIZON = 3.0
 CLAIM_BATCH_WAIT = 0.005
 
@@ -224,6 +225,10 @@ class Worker:
                 side.start_soon(self._control)
             if backend_of(self.settings.broker) == "postgresql":
                 side.start_soon(listen_forever, self.settings.broker, self._poke)
+            if self.slot == 0 and not self.settings.burst:  # one per host is plenty
+                side.start_soon(self._retention)
+                if self.settings.scheduler and self.app.schedules:
+                    side.start_soon(Scheduler(self.store, self.app.schedules).run)
             async with anyio.create_task_group() as jobs:
                 self.jobs_scope = jobs.cancel_scope
                 # One long-lived task per slot, fed from the inbox: no task is spawned per job.
@@ -384,7 +389,9 @@ class Worker:
         while True:
             rss = rss_kb()
             self._send(Heartbeat(len(self.running), self.done, rss))
-            if memory_limit and rss > memory_limit * 1024 and not self.draining:
+            # Only after a job: a limit below the worker's own baseline would otherwise recycle
+            # it forever without progress. Recycling then happens once per job batch at worst.
+            if memory_limit and rss > memory_limit * 1024 and self.done > 0 and not self.draining:
                 log.warning("worker %s uses %d MiB (--max-memory-per-worker %d): recycling", self.owner, rss // 1024, memory_limit)
                 self._drain("recycled", grace=self.settings.grace, replace=True)
             await anyio.sleep(HEARTBEAT_EVERY)
@@ -406,6 +413,17 @@ class Worker:
             except Exception as exc:
                 log.warning("lease renewal failed (%s)", exc)
             await anyio.sleep(min(ttl / 3, 5.0))
+
+    async def _retention(self) -> None:
+        """Delete finished jobs older than ``result_ttl``, a small batch at a time, so that the
+        table stays the size of the live work and no purge holds a lock for long."""
+        while True:
+            try:
+                while await self.store.purge_finished(time.time() - self.settings.result_ttl) > 0:
+                    await anyio.sleep(0.05)
+            except Exception as exc:
+                log.warning("result retention purge failed (%s); will try again", exc)
+            await anyio.sleep(RETENTION_EVERY)
 
     async def _cancel_requests(self) -> None:
         while True:

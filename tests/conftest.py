@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +125,19 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'queue.db'}"
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+async def store(broker_url: str) -> AsyncIterator[Any]:
+    """A migrated queue store on each backend (payload limit 10 kB, to test the limit cheaply)."""
+    from runner.session import create_engine
+    from runner.store import Store
+
+    engine = create_engine(broker_url, pool_size=4)
+    queue = Store(engine, max_payload=10_000)
+    await queue.migrate()
+    yield queue
+    await engine.dispose()
 
 
 def sql(url: str, statement: str) -> list[tuple[Any, ...]]:

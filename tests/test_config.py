@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -92,3 +93,30 @@ def test_cli_migrate_enqueue_show_status(sqlite_url: str) -> None:
     assert "cancelled" in cancelled.stdout
     retried = run_cli("jobs", "retry", "--state", "cancelled", "--broker", sqlite_url)
     assert "re-queued 1" in retried.stdout
+
+
+def test_admin_cli_after_a_real_run(sqlite_url: str, serve: Any) -> None:
+    """status, list --state, show with the traceback, retry --state, purge: on a queue that a
+    real `runner serve` just worked through."""
+    import json
+
+    for args in (["tests.apps.basic.add", "--args", "[1, 2]"], ["tests.apps.basic.boom", "--args", '["kaput"]']):
+        assert run_cli("enqueue", "-A", "tests.apps.basic", "--broker", sqlite_url, *args).returncode == 0
+    proc = serve("-A", "tests.apps.basic", "--broker", sqlite_url, "-w", "1", "--burst")
+    assert proc.wait(60) == 0, proc.output[-2000:]
+    status = json.loads(run_cli("status", "--broker", sqlite_url, "--json").stdout)
+    assert {(c["state"], c["count"]) for c in status["counts"]} == {("succeeded", 1), ("failed", 1)}
+    assert status["jobs_per_second_last_minute"] > 0
+    human = run_cli("status", "--broker", sqlite_url).stdout
+    assert "succeeded" in human and "jobs/s finished over the last minute" in human
+    failed = json.loads(run_cli("jobs", "list", "--state", "failed", "--json", "--broker", sqlite_url).stdout)
+    assert [j["name"] for j in failed] == ["tests.apps.basic.boom"]
+    shown = run_cli("jobs", "show", str(failed[0]["id"]), "--broker", sqlite_url).stdout
+    assert "ValueError" in shown and "kaput" in shown and "Traceback" in shown
+    assert "re-queued 1" in run_cli("jobs", "retry", "--state", "failed", "--broker", sqlite_url).stdout
+    purged = run_cli("jobs", "purge", "--state", "succeeded", "--older-than", "0s", "--broker", sqlite_url)
+    assert "purged 1 succeeded" in purged.stdout, purged.stdout + purged.stderr
+    bad_age = run_cli("jobs", "purge", "--state", "succeeded", "--older-than", "soon", "--broker", sqlite_url)
+    assert bad_age.returncode != 0 and "expected a number with a unit" in bad_age.stderr
+    remaining = json.loads(run_cli("status", "--broker", sqlite_url, "--json").stdout)["counts"]
+    assert [(c["state"], c["count"]) for c in remaining] == [("queued", 1)]

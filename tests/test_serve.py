@@ -151,3 +151,26 @@ def test_whole_host_lost_survivor_takes_over_after_lease_expiry(pg_url: str, ser
     assert survivor.wait(120) == 0, survivor.output[-3000:]
     assert states(pg_url) == {"succeeded": 300}
     assert sql(pg_url, "SELECT count(*), count(DISTINCT tag) FROM ran") == [(300, 300)]
+
+
+def test_workers_recycle_after_max_jobs_and_nothing_is_lost(broker_url: str, serve: Any) -> None:
+    prepare(broker_url)
+    enqueue(broker_url, [basic.record.call(f"r{i}") for i in range(300)])
+    proc = serve(*serve_args(broker_url, "-w", "2", "-c", "4", "--max-jobs-per-worker", "40", "--burst"))
+    assert proc.wait(120) == 0, proc.output[-3000:]
+    assert states(broker_url) == {"succeeded": 300}
+    assert sql(broker_url, "SELECT count(*), count(DISTINCT tag) FROM ran") == [(300, 300)]
+    recycled = proc.output.count("recycled")
+    pids = sql(broker_url, "SELECT count(DISTINCT pid) FROM ran")[0][0]
+    assert recycled >= 4 and pids >= 5, f"{recycled} recycles, {pids} worker pids ran jobs"
+
+
+def test_workers_recycle_above_max_memory_and_nothing_is_lost(pg_url: str, serve: Any) -> None:
+    prepare(pg_url)
+    enqueue(pg_url, [basic.record.call(f"m{i}", 0.02) for i in range(200)])
+    # 1 MiB: every worker is over it at its first heartbeat, so each recycles about once a second.
+    proc = serve(*serve_args(pg_url, "-w", "1", "-c", "4", "--max-memory-per-worker", "1", "--burst"))
+    assert proc.wait(120) == 0, proc.output[-3000:]
+    assert states(pg_url) == {"succeeded": 200}
+    assert sql(pg_url, "SELECT count(*), count(DISTINCT tag) FROM ran") == [(200, 200)]
+    assert "--max-memory-per-worker 1): recycling" in proc.output

@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import anyio
 import pytest
 
 from runner.errors import PayloadTooLarge
-from runner.session import create_engine
 from runner.store import AdminQueries, Outcome, Store
 from runner.wire import Envelope, State
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def store(broker_url: str) -> AsyncIterator[Store]:
-    engine = create_engine(broker_url, pool_size=4)
-    store = Store(engine, max_payload=10_000)
-    await store.migrate()
-    yield store
-    await engine.dispose()
 
 
 async def test_migrate_is_idempotent(store: Store) -> None:

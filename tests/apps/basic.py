@@ -189,3 +189,24 @@ async def parent_of_chain(x: int) -> int:
 @app.job
 async def child_of_chain(parent_result: int, extra: int) -> int:
     return parent_result + extra
+
+
+@app.job
+async def writes_then_waits(session: AsyncSession, tag: str, seconds: float) -> None:
+    """Writes, then waits: cancelling it mid-wait must roll the write back."""
+    await session.execute(text("INSERT INTO ran (tag, pid) VALUES (:tag, :pid)"), {"tag": tag, "pid": os.getpid()})
+    await session.flush()
+    await anyio.sleep(seconds)
+
+
+@app.job(ignore_result=True)
+async def result_ignored() -> str:
+    return "nobody reads this"
+
+
+@app.job
+async def waits_then_writes(session: AsyncSession, tag: str, seconds: float) -> None:
+    """Waits before touching the session: on SQLite a job's transaction is the queue's one write
+    lock, so a job that must stay cancellable waits first and writes after."""
+    await anyio.sleep(seconds)
+    await session.execute(text("INSERT INTO ran (tag, pid) VALUES (:tag, :pid)"), {"tag": tag, "pid": os.getpid()})
