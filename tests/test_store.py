@@ -29,8 +29,17 @@ async def test_enqueue_returns_ids_in_order_and_rows_are_readable(store: Store) 
 async def test_bulk_enqueue_of_many_rows(store: Store) -> None:
     ids = await store.enqueue([Envelope(name="bulk", args=[i]) for i in range(3000)])
     assert len(set(ids)) == 3000
-    rows = await store.get_many(ids[-3:])
-    assert sorted(r.args for r in rows) == ["[2997]", "[2998]", "[2999]"]
+    rows = await store.get_many(ids)
+    assert {r.id: r.args for r in rows} == {job_id: f"[{i}]" for i, job_id in enumerate(ids)}, "ids map to their own rows"
+    too_big = [Envelope(name="bulk", args=[i]) for i in range(700)] + [Envelope(name="huge", args=["x" * 20_000])]
+    with pytest.raises(PayloadTooLarge, match="arguments of huge are"):
+        await store.enqueue(too_big)
+    async with store.engine.connect() as conn:  # a bulk insert in the caller's transaction
+        async with conn.begin() as txn:
+            await store.enqueue([Envelope(name="rolled-back") for _ in range(800)], conn)
+            await txn.rollback()
+    rows = await store.get_many(list(range(1, 10_000)))
+    assert len(rows) == 3000, "a rejected or rolled-back bulk insert must leave nothing behind"
 
 
 async def test_claim_takes_only_what_is_asked_and_leases_it(store: Store) -> None:
