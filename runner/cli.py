@@ -74,12 +74,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(ns: argparse.Namespace, app: Any = None) -> Settings:
+    """Flags over ``RUNNER_*`` over what the app suggests (the Celery shim maps
+    ``worker_concurrency`` and friends there) over defaults."""
     names = set(_DEFAULTS) - {"_CASTS"}
     overrides = {k: v for k, v in vars(ns).items() if k in names and v is not None}
-    settings = Settings.load(overrides)
+    suggested = {
+        k: v for k, v in (getattr(app, "serve_defaults", None) or {}).items()
+        if k not in overrides and f"RUNNER_{k.upper()}" not in os.environ
+    }  # fmt: skip
+    settings = Settings.load({**suggested, **overrides})
     # The app's own URLs fill in when neither a flag nor the environment named one.
     if app is not None:
-        if getattr(app, "broker", None) and "broker" not in overrides and "RUNNER_BROKER" not in os.environ:
+        if getattr(app, "broker", None) and "broker" not in overrides and not {"RUNNER_BROKER", "RUNNER_BROKER_URL"} & set(os.environ):
             settings = settings.replace(broker=app.broker)
         if getattr(app, "database", None) and "database" not in overrides and "RUNNER_DATABASE" not in os.environ:
             settings = settings.replace(database=app.database)

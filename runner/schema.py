@@ -66,6 +66,8 @@ _INDEXES = [
     # Idempotency as a lock: at most one queued-or-running job per key.
     "CREATE UNIQUE INDEX IF NOT EXISTS runner_jobs_live_key ON runner_jobs (key)"
     " WHERE key IS NOT NULL AND state IN ('queued', 'running')",
+    # Keys of finished jobs: the key_ttl retention window and lookups by a caller-chosen id.
+    "CREATE INDEX IF NOT EXISTS runner_jobs_key ON runner_jobs (key, finished_at) WHERE key IS NOT NULL",
     # Children of a job (chains, groups) and finished-job housekeeping.
     "CREATE INDEX IF NOT EXISTS runner_jobs_parent ON runner_jobs (parent_id) WHERE parent_id IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS runner_jobs_finished ON runner_jobs (finished_at) WHERE finished_at IS NOT NULL",

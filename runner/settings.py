@@ -171,7 +171,7 @@ class Settings:
         for key, raw in env.items():
             if not key.startswith("RUNNER_"):
                 continue
-            name = key[len("RUNNER_") :].lower()
+            name = _ENV_ALIASES.get(key, key[len("RUNNER_") :].lower())
             if name not in names:
                 raise ConfigError(
                     f"unknown environment variable {key}; accepted: "
@@ -189,6 +189,9 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
+
+# Celery habits: RUNNER_BROKER_URL reads as RUNNER_BROKER.
+_ENV_ALIASES = {"RUNNER_BROKER_URL": "broker"}
 
 _CASTS: dict[str, Callable[[Any], Any]] = {
     "app": str,

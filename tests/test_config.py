@@ -120,3 +120,9 @@ def test_admin_cli_after_a_real_run(sqlite_url: str, serve: Any) -> None:
     assert bad_age.returncode != 0 and "expected a number with a unit" in bad_age.stderr
     remaining = json.loads(run_cli("status", "--broker", sqlite_url, "--json").stdout)["counts"]
     assert [(c["state"], c["count"]) for c in remaining] == [("queued", 1)]
+
+
+def test_runner_broker_url_is_read_as_runner_broker() -> None:
+    """Celery users set *_BROKER_URL; runner accepts RUNNER_BROKER_URL as RUNNER_BROKER."""
+    settings = Settings.load({}, env={"RUNNER_BROKER_URL": "postgresql://u@h/db"})
+    assert settings.broker == "postgresql://u@h/db"

@@ -1,0 +1,338 @@
+"""``Task``: Celery's task class, its request context and its options.
+
+Each task is one instance per process, created when the module defining it is imported (so
+after the fork a worker process has its own copy: the ``DatabaseTask`` pattern of a lazily
+created session attribute works per process). ``self.request`` is per *attempt*: a worker runs
+several attempts at once (async tasks on the loop, sync tasks in threads), so the request lives
+in a ``ContextVar``, not on the instance.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import traceback as tb
+from contextvars import ContextVar
+from datetime import datetime
+from typing import Any
+
+from ..exceptions import MaxRetriesExceededError, Retry
+
+__all__ = ["Context", "ExceptionInfo", "Task"]
+
+
+class Context:
+    """``self.request``: what the running attempt knows about itself."""
+
+    id: str | None = None
+    retries: int = 0
+    args: Any = ()
+    kwargs: Any = None
+    is_eager: bool = False
+    called_directly: bool = True
+    hostname: str | None = None
+    delivery_info: Any = None
+    eta: str | None = None
+    expires: str | None = None
+    headers: Any = None
+    root_id: str | None = None
+    parent_id: str | None = None
+    group: str | None = None
+    chord: Any = None
+    callbacks: Any = None
+    errbacks: Any = None
+    timelimit: Any = (None, None)
+    ignore_result: bool = False
+    origin: str | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    utc: bool = True
+    task: str | None = None
+    properties: Any = None
+    # shim internals
+    job_id: int | None = None
+    state: Any = None  # bridge.AttemptState in a worker
+    runner_ctx: Any = None
+    retry_requested: Any = None
+    pending_call: bool = False
+    progress: Any = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.update(*args, **kwargs)
+        if self.kwargs is None:
+            self.kwargs = {}
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self.__dict__.update(*args, **kwargs)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("state", "runner_ctx", "retry_requested", "pending_call", "progress")}
+
+    def __repr__(self) -> str:
+        return f"<Context: {self.as_dict()!r}>"
+
+
+class ExceptionInfo:
+    """``einfo`` given to ``on_failure``/``on_retry``/``after_return``: ``.exception``, ``.type``,
+    ``.traceback`` (text), ``.tb``."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exception = exc
+        self.type = type(exc)
+        self.tb = exc.__traceback__
+        self.traceback = "".join(tb.format_exception(exc))
+        self.internal = False
+
+    def __str__(self) -> str:
+        return self.traceback
+
+    def __repr__(self) -> str:
+        return f"<ExceptionInfo: {self.exception!r}>"
+
+
+class Task:
+    """Celery's ``Task``; subclass it for a custom ``base=`` (hooks, shared resources)."""
+
+    name: str | None = None
+    app: Any = None
+    typing = True
+    max_retries: int | None = 3
+    default_retry_delay = 180
+    rate_limit: str | None = None
+    ignore_result = False
+    store_errors_even_if_ignored = False
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    acks_late: bool | None = None
+    acks_on_failure_or_timeout = True
+    reject_on_worker_lost: bool | None = None
+    track_started = False
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    dont_autoretry_for: tuple[type[BaseException], ...] = ()
+    retry_kwargs: dict[str, Any] = {}
+    retry_backoff: bool | int = False
+    retry_backoff_max = 600
+    retry_jitter = True
+    throws: tuple[type[BaseException], ...] = ()
+    expires: Any = None
+    priority: int | None = None
+    queue: str | None = None
+    serializer: str | None = None
+    abstract = True
+    MaxRetriesExceededError = MaxRetriesExceededError
+
+    Request = Context
+
+    # Instance attributes written by a sync task are kept per worker thread: a runner worker
+    # runs several sync tasks at once in its thread pool, where Celery's prefork ran one per
+    # process, and the DatabaseTask pattern (``self._session`` created lazily, closed in
+    # ``after_return``) must not share one session between concurrent tasks. Threads are
+    # pooled, so a lazily created resource is reused by the next task on that thread.
+    def __setattr__(self, name: str, value: Any) -> None:
+        from ..bridge import current_state
+
+        if current_state() is not None and not name.startswith("__"):
+            local = self.__dict__.get("_celery_thread_attrs")
+            if local is None:
+                import threading
+
+                local = self.__dict__.setdefault("_celery_thread_attrs", threading.local())
+            setattr(local, name, value)
+            return
+        object.__setattr__(self, name, value)
+
+    def __getattribute__(self, name: str) -> Any:
+        local = object.__getattribute__(self, "__dict__").get("_celery_thread_attrs")
+        if local is not None:
+            values = local.__dict__
+            if name in values:
+                return values[name]
+        return object.__getattribute__(self, name)
+
+    # -- the request ------------------------------------------------------------------------
+
+    @property
+    def _request_var(self) -> ContextVar[tuple[Context, ...]]:
+        var = self.__dict__.get("_celery_request_var")
+        if var is None:
+            var = self.__dict__["_celery_request_var"] = ContextVar(f"celery_request:{self.name}", default=())
+        return var
+
+    @property
+    def request(self) -> Context:
+        stack = self._request_var.get()
+        return stack[-1] if stack else Context()
+
+    def push_request(self, *args: Any, **kwargs: Any) -> Any:
+        request = args[0] if args and isinstance(args[0], Context) else Context(*args, **kwargs)
+        return self._request_var.set((*self._request_var.get(), request))
+
+    def pop_request(self, token: Any = None) -> None:
+        if token is not None:
+            self._request_var.reset(token)
+        else:
+            self._request_var.set(self._request_var.get()[:-1])
+
+    # -- calling ------------------------------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run inline, as a plain function call (``request.called_directly`` is True)."""
+        current = self.request
+        if current.pending_call:  # the worker's own call into a custom __call__
+            current.pending_call = False
+            return self.run(*args, **kwargs)
+        token = self.push_request(args=args, kwargs=kwargs)
+        try:
+            return self.run(*args, **kwargs)
+        finally:
+            self.pop_request(token)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("Tasks must define the run method.")
+
+    def _get_app(self) -> Any:
+        if self.app is None:
+            from .base import get_current_app
+
+            return get_current_app()
+        return self.app
+
+    def check_arguments(self, args: Any, kwargs: Any) -> None:
+        """Celery's ``typing``: arguments must bind to ``run``'s signature (TypeError if not)."""
+        if not self.typing:
+            return
+        try:
+            signature = inspect.signature(self.run)
+        except (TypeError, ValueError):
+            return
+        try:
+            signature.bind(*(args or ()), **(kwargs or {}))
+        except TypeError as exc:
+            raise TypeError(f"{self.name}{signature}: {exc}") from None
+
+    def delay(self, *args: Any, **kwargs: Any) -> Any:
+        return self.apply_async(args, kwargs)
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None, producer: Any = None, link: Any = None, link_error: Any = None, shadow: str | None = None, **options: Any) -> Any:
+        """Enqueue; returns an ``AsyncResult`` (see the README for the options honoured)."""
+        app = self._get_app()
+        if app.conf.task_always_eager:
+            return self.apply(args, kwargs, task_id=task_id, link=link, link_error=link_error, **options)
+        self.check_arguments(args, kwargs)
+        return app.send_task_object(self, args, kwargs, task_id=task_id, link=link, link_error=link_error, options=options)
+
+    async def aapply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None, link: Any = None, link_error: Any = None, **options: Any) -> Any:
+        """``apply_async`` for async callers (a shim extension): does not block the loop."""
+        app = self._get_app()
+        if app.conf.task_always_eager:
+            return self.apply(args, kwargs, task_id=task_id, link=link, link_error=link_error, **options)
+        self.check_arguments(args, kwargs)
+        return await app.send_task_object_async(self, args, kwargs, task_id=task_id, link=link, link_error=link_error, options=options)
+
+    async def adelay(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.aapply_async(args, kwargs)
+
+    def apply(self, args: Any = None, kwargs: Any = None, link: Any = None, link_error: Any = None, task_id: str | None = None, retries: int | None = None, throw: bool | None = None, **options: Any) -> Any:
+        """Run now, in this process (eager); returns an ``EagerResult``. Retries run at once."""
+        from ..execution import apply_eager
+
+        return apply_eager(self, tuple(args or ()), dict(kwargs or {}), task_id=task_id, retries=retries or 0, throw=throw, link=link, link_error=link_error, options=options)
+
+    # -- canvas -------------------------------------------------------------------------------
+
+    def signature(self, args: Any = None, *starargs: Any, **starkwargs: Any) -> Any:
+        from ..canvas import Signature
+
+        starkwargs.setdefault("app", self.app)
+        return Signature(self, args, *starargs, **starkwargs)
+
+    subtask = signature
+
+    def s(self, *args: Any, **kwargs: Any) -> Any:
+        return self.signature(args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Any:
+        return self.signature(args, kwargs, immutable=True)
+
+    def chunks(self, it: Any, n: int) -> Any:
+        raise NotImplementedError("chunks are not supported by the runner shim; use group(...)")
+
+    def map(self, it: Any) -> Any:
+        raise NotImplementedError("map/starmap are not supported by the runner shim; use group(...)")
+
+    starmap = map
+
+    # -- results ------------------------------------------------------------------------------
+
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> Any:
+        from ..result import AsyncResult
+
+        return AsyncResult(task_id, app=self._get_app(), task_name=self.name)
+
+    def update_state(self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kwargs: Any) -> None:
+        """Record a custom state (``"PROGRESS"``) and JSON meta, readable via ``AsyncResult``."""
+        from ..execution import update_state
+
+        update_state(self, task_id, state, meta)
+
+    def send_event(self, type_: str, retry: bool = True, retry_policy: Any = None, **fields: Any) -> None:
+        """Events are not emitted by runner (no event stream); accepted and ignored."""
+
+    # -- retry --------------------------------------------------------------------------------
+
+    def retry(self, args: Any = None, kwargs: Any = None, exc: BaseException | None = None, throw: bool = True, eta: datetime | None = None, countdown: float | None = None, max_retries: int | None = None, **options: Any) -> Retry:
+        """Run this task again, same task id, ``request.retries + 1``; raises ``Retry``.
+
+        Past ``max_retries``: re-raises ``exc`` if given, else ``MaxRetriesExceededError``."""
+        request = self.request
+        retries = request.retries
+        max_retries = self.max_retries if max_retries is None else max_retries
+        if request.called_directly:
+            if exc is not None:
+                raise exc
+            raise Retry("Task can be retried", None)
+        if max_retries is not None and retries >= max_retries:
+            if exc is not None:
+                raise exc
+            raise self.MaxRetriesExceededError(
+                f"Can't retry {self.name}[{request.id}] args:{request.args} kwargs:{request.kwargs}",
+                task_args=request.args, task_kwargs=request.kwargs,
+            )  # fmt: skip
+        if eta is not None:
+            when: Any = eta
+            delay = max(0.0, eta.timestamp() - time.time())
+        else:
+            delay = float(self.default_retry_delay if countdown is None else countdown)
+            when = delay
+        ret = Retry(exc=exc, when=when, is_eager=request.is_eager)
+        ret.delay = delay  # type: ignore[attr-defined]
+        ret.new_args = None if args is None else list(args)  # type: ignore[attr-defined]
+        ret.new_kwargs = None if kwargs is None else dict(kwargs)  # type: ignore[attr-defined]
+        ret.options = options  # type: ignore[attr-defined]
+        if throw:
+            raise ret
+        request.retry_requested = ret
+        return ret
+
+    # -- hooks (def or async def in subclasses) -----------------------------------------------
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        pass
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        pass
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: ExceptionInfo) -> None:
+        pass
+
+    def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: ExceptionInfo) -> None:
+        pass
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: ExceptionInfo | None) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<@task: {self.name}>"

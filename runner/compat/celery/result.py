@@ -1,0 +1,405 @@
+"""``AsyncResult``, ``GroupResult`` and ``EagerResult``, read from the job rows.
+
+Results live in the queue table (``runner_jobs.result``/``error``/``progress``): ``backend=`` and
+``result_backend`` are accepted and ignored. A task id is one of:
+
+* ``"123"`` -- the runner job id (what ``delay()``/``apply_async()`` return);
+* ``"123/3f2c…/9ab1…"`` -- a job created later by a canvas (a chain step, a chord body): the
+  first job's id, then the canvas ids of the chained children, resolved through ``parent_id``;
+* any other string -- a ``task_id=`` you passed to ``apply_async``: stored as the job's
+  idempotency key and looked up by it.
+
+Every blocking method works from sync code; ``await result`` / ``await result.aget()`` is the
+non-blocking form for async callers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC
+from typing import Any
+
+import anyio
+
+from ...wire import decode_json
+from . import states
+from .exceptions import TaskRevokedError, TimeoutError, rebuild_exception
+
+__all__ = ["AsyncResult", "EagerResult", "GroupResult", "ResultSet", "result_from_tuple"]
+
+_FINISHED = ("succeeded", "failed", "cancelled", "expired")
+
+
+def _app(app: Any) -> Any:
+    if app is not None:
+        return app
+    from .app.base import get_current_app
+
+    return get_current_app()
+
+
+def _error(row: Any) -> dict[str, Any]:
+    try:
+        value = decode_json(row.error) if row.error else {}
+    except Exception:
+        value = {"message": str(row.error)}
+    return value if isinstance(value, dict) else {}
+
+
+def _progress(row: Any) -> dict[str, Any]:
+    try:
+        value = decode_json(row.progress) if row.progress else {}
+    except Exception:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class AsyncResult:
+    """A task's result by task id (see the module docstring for the id forms)."""
+
+    def __init__(self, id: str, backend: Any = None, task_name: str | None = None, app: Any = None, parent: Any = None, job_id: int | None = None) -> None:
+        self.id = str(id)
+        self.app = _app(app)
+        self.task_name = task_name
+        self.parent = parent
+        self._job_id = job_id if job_id is not None else (int(self.id) if self.id.isdigit() else None)
+        self._final: Any = None  # the row once finished (it no longer changes)
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult: {self.id}>"
+
+    def __str__(self) -> str:
+        return self.id
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, AsyncResult):
+            return other.id == self.id
+        return isinstance(other, str) and other == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return ((self.id, self.parent and self.parent.as_tuple()), None)
+
+    # -- reading the row --------------------------------------------------------------------
+
+    async def _store(self) -> Any:
+        from .producer import store_for
+
+        return await store_for(self.app.runner)
+
+    async def _resolve(self, store: Any) -> int | None:
+        if self._job_id is not None:
+            return self._job_id
+        if "/" in self.id:
+            anchor, *uids = self.id.split("/")
+            current = int(anchor)
+            for uid in uids:
+                found = None
+                for child in await store.children(current):
+                    meta = decode_json(child.meta) if child.meta else {}
+                    if ((meta or {}).get("celery") or {}).get("uid") == uid:
+                        found = child.id
+                        break
+                if found is None:
+                    return None  # not created yet (its parent has not finished)
+                current = found
+            self._job_id = current
+        else:
+            row = await store.get_by_key(self.id)
+            if row is None:
+                return None
+            self._job_id = row.id
+        return self._job_id
+
+    async def _row_async(self) -> Any:
+        if self._final is not None:
+            return self._final
+        store = await self._store()
+        job_id = await self._resolve(store)
+        if job_id is None:
+            return None
+        row = await store.get(job_id)
+        if row is not None and row.state in _FINISHED:
+            self._final = row
+        return row
+
+    def _row(self) -> Any:
+        if self._final is not None:
+            return self._final
+        from .producer import call_sync
+
+        return call_sync(self.app.runner_app, self._row_async)
+
+    # -- state ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _state_of(row: Any) -> str:
+        if row is None:
+            return states.PENDING
+        custom = _progress(row).get("state") if row.state == "running" else None
+        return states.from_runner(row.state, row.attempt, custom)
+
+    @property
+    def state(self) -> str:
+        return self._state_of(self._row())
+
+    status = state
+
+    def ready(self) -> bool:
+        return self.state in states.READY_STATES
+
+    def successful(self) -> bool:
+        return self.state == states.SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == states.FAILURE
+
+    def _value(self, row: Any) -> Any:
+        state = self._state_of(row)
+        if state == states.SUCCESS:
+            return decode_json(row.result) if row.result is not None else None
+        if state == states.FAILURE:
+            error = _error(row)
+            return rebuild_exception(str(error.get("type", "Exception")), str(error.get("message", "")))
+        if state == states.REVOKED:
+            return TaskRevokedError(_error(row).get("message") or "revoked")
+        if row is not None and row.state == "running":
+            return _progress(row).get("meta")
+        return None
+
+    @property
+    def result(self) -> Any:
+        return self._value(self._row())
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        row = self._row()
+        if row is None or row.state not in ("failed",):
+            return None
+        return str(_error(row).get("traceback") or "") or None
+
+    @property
+    def date_done(self) -> Any:
+        row = self._row()
+        if row is None or row.finished_at is None:
+            return None
+        from datetime import datetime
+
+        return datetime.fromtimestamp(row.finished_at, UTC)
+
+    @property
+    def retries(self) -> int:
+        row = self._row()
+        return max(0, (row.attempt if row is not None else 0) - 1)
+
+    # -- waiting ----------------------------------------------------------------------------------
+
+    async def _wait(self, timeout: float | None, interval: float) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = min(0.02, interval)
+        while True:
+            row = await self._row_async()
+            if row is not None and row.state in _FINISHED:
+                return row
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError("The operation timed out.")
+            wait = delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic()))
+            await anyio.sleep(wait)
+            delay = min(delay * 1.5, interval)
+
+    def _outcome(self, row: Any, propagate: bool) -> Any:
+        value = self._value(row)
+        if self._state_of(row) in states.PROPAGATE_STATES and propagate:
+            raise value
+        return value
+
+    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5, no_ack: bool = True, follow_parents: bool = True, callback: Any = None, on_message: Any = None, on_interval: Any = None, disable_sync_subtasks: bool = True, **kwargs: Any) -> Any:
+        """Wait for the result; re-raises the task's exception (``propagate``)."""
+        from .execution import current_request
+        from .producer import call_sync
+
+        request = current_request()
+        if disable_sync_subtasks and request is not None and not request.is_eager:
+            raise RuntimeError("Never call result.get() within a task! See Celery's 'Avoid launching synchronous subtasks'")
+        row = call_sync(self.app.runner_app, self._wait, timeout, interval)
+        return self._outcome(row, propagate)
+
+    wait = get
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5) -> Any:
+        """``get`` for async callers: ``await result.aget()`` or ``await result``."""
+        self.app._apply_broker()
+        row = await self._wait(timeout, interval)
+        return self._outcome(row, propagate)
+
+    def __await__(self) -> Any:
+        return self.aget().__await__()
+
+    # -- control ------------------------------------------------------------------------------
+
+    async def _revoke(self, terminate: bool) -> None:
+        store = await self._store()
+        job_id = await self._resolve(store)
+        if job_id is None:
+            return
+        if not terminate:
+            row = await store.get(job_id)
+            if row is None or row.state != "queued":
+                return  # like Celery without terminate: a running task runs to the end
+        await store.cancel(job_id)
+
+    def revoke(self, connection: Any = None, terminate: bool = False, signal: Any = None, wait: bool = False, timeout: float | None = None) -> None:
+        """Cancel a queued task; with ``terminate=True`` also stop it if running (async: the
+        task is cancelled at its next await; sync: ``Terminated`` is raised in its thread)."""
+        from .producer import call_sync
+
+        call_sync(self.app.runner_app, self._revoke, terminate)
+
+    def forget(self) -> None:
+        """Accepted; runner deletes finished rows itself after ``result_expires``."""
+
+
+class EagerResult(AsyncResult):
+    """The result of ``apply()`` or eager mode: already known."""
+
+    def __init__(self, id: str, ret_value: Any, state: str, traceback: str | None = None, app: Any = None, task_name: str | None = None) -> None:
+        self.id = str(id)
+        self.app = app
+        self.task_name = task_name
+        self.parent = None
+        self._value_ = ret_value
+        self._state = state
+        self._traceback = traceback
+        if isinstance(ret_value, BaseException) and traceback is None:
+            import traceback as tb
+
+            self._traceback = "".join(tb.format_exception(ret_value))
+
+    def __repr__(self) -> str:
+        return f"<EagerResult: {self.id}>"
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    status = state
+
+    @property
+    def result(self) -> Any:
+        return self._value_
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        return self._traceback if self._state == states.FAILURE else None
+
+    def get(self, timeout: float | None = None, propagate: bool = True, disable_sync_subtasks: bool = True, **kwargs: Any) -> Any:
+        if self._state in states.PROPAGATE_STATES and propagate:
+            raise self._value_
+        return self._value_
+
+    wait = get
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5) -> Any:
+        return self.get(propagate=propagate)
+
+    def revoke(self, *args: Any, **kwargs: Any) -> None:
+        self._state = states.REVOKED
+
+    def forget(self) -> None:
+        pass
+
+
+class ResultSet:
+    """Several results, read together."""
+
+    def __init__(self, results: Any, app: Any = None, **kwargs: Any) -> None:
+        self.results = list(results or [])
+        self.app = app
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.results[index]
+
+    def add(self, result: Any) -> None:
+        self.results.append(result)
+
+    def completed_count(self) -> int:
+        return sum(1 for r in self.results if r.successful())
+
+    def ready(self) -> bool:
+        return all(r.ready() for r in self.results)
+
+    def successful(self) -> bool:
+        return all(r.successful() for r in self.results)
+
+    def failed(self) -> bool:
+        return any(r.failed() for r in self.results)
+
+    def waiting(self) -> bool:
+        return not self.ready()
+
+    def revoke(self, connection: Any = None, terminate: bool = False, **kwargs: Any) -> None:
+        for r in self.results:
+            r.revoke(terminate=terminate)
+
+    def join(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5, callback: Any = None, no_ack: bool = True, on_message: Any = None, disable_sync_subtasks: bool = True, **kwargs: Any) -> list[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for r in self.results:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            values.append(r.get(timeout=remaining, propagate=propagate, interval=interval, disable_sync_subtasks=disable_sync_subtasks))
+        return values
+
+    get = join
+    join_native = join
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5) -> list[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for r in self.results:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            values.append(await r.aget(timeout=remaining, propagate=propagate, interval=interval))
+        return values
+
+    def __await__(self) -> Any:
+        return self.aget().__await__()
+
+
+class GroupResult(ResultSet):
+    """The results of a ``group`` (in order)."""
+
+    def __init__(self, id: str | None = None, results: Any = None, parent: Any = None, app: Any = None, **kwargs: Any) -> None:
+        super().__init__(results, app=app)
+        self.id = id
+        self.parent = parent
+
+    def __repr__(self) -> str:
+        return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
+
+    @property
+    def children(self) -> list[Any]:
+        return self.results
+
+    def save(self, backend: Any = None) -> None:
+        raise NotImplementedError("GroupResult.save/restore are not supported by the runner shim; keep the member ids instead")
+
+    @classmethod
+    def restore(cls, id: str, backend: Any = None, app: Any = None) -> Any:
+        raise NotImplementedError("GroupResult.save/restore are not supported by the runner shim; keep the member ids instead")
+
+
+def result_from_tuple(r: Any, app: Any = None) -> Any:
+    (id_, parent), _nodes = r
+    return AsyncResult(id_, app=app, parent=result_from_tuple(parent, app) if parent else None)

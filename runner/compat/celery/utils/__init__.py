@@ -1,0 +1,1 @@
+"""Celery's ``celery.utils`` namespace (only what task modules import)."""
