@@ -18,7 +18,7 @@ import pytest
 
 from tests.apps import basic
 
-from .conftest import sql, wait_until
+from .conftest import sql
 from .test_serve import enqueue, prepare, serve_args, states
 
 pytestmark = pytest.mark.slow
