@@ -52,6 +52,39 @@ def describe_exception(exc: BaseException) -> str:
         return f"<unprintable {type(exc).__name__}: str() raised {type(inner).__name__}>"
 
 
+# Errors that mean "the database is not answering", whoever's statement met them. Connecting
+# while the server restarts fails with one of these before any connection exists to invalidate.
+_UNAVAILABLE_NAMES = frozenset({
+    "CannotConnectNowError", "ConnectionDoesNotExistError", "ConnectionFailureError", "AdminShutdownError",
+    "CrashShutdownError", "TooManyConnectionsError", "ConnectionRejectionError",
+})  # fmt: skip
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """True when a job's database error is the database's absence, not the job's fault. A bare
+    OSError counts only when it was raised inside SQLAlchemy's pool or engine, i.e. while
+    connecting to the database, not by the job's own sockets (an HTTP call it makes)."""
+    if not isinstance(exc, DBAPIError):
+        return isinstance(exc, OSError) and _raised_while_connecting(exc)
+    if exc.connection_invalidated:
+        return True
+    seen: BaseException | None = exc
+    for _ in range(8):  # the cause chain: SQLAlchemy -> adapter -> driver -> socket
+        if seen is None:
+            return False
+        if isinstance(seen, (ConnectionError, TimeoutError)) or type(seen).__name__ in _UNAVAILABLE_NAMES:
+            return True
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _raised_while_connecting(exc: BaseException) -> bool:
+    frames = tb.extract_tb(exc.__traceback__)
+    return any("/sqlalchemy/pool/" in f.filename or "/sqlalchemy/engine/base.py" in f.filename for f in frames)
+
+
 def _type_name(exc: BaseException) -> str:
     cls = type(exc)
     return cls.__qualname__ if cls.__module__ in ("builtins", "__main__") else f"{cls.__module__}.{cls.__qualname__}"
@@ -133,11 +166,11 @@ class Executor:
         except LeaseLost:
             log.warning("job %s lost its lease; its transaction was rolled back", claimed.id)
             return None
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
+        except (DBAPIError, OSError) as exc:
+            if database_unavailable(exc):
                 # The database went away under the job (restart, failover): not the job's fault,
                 # so the attempt is given back and the job runs again once the database answers.
-                log.warning("job %s: database connection lost (%s); re-queued", claimed.id, type(exc.orig).__name__)
+                log.warning("job %s: database unavailable (%s); re-queued", claimed.id, type(getattr(exc, "orig", None) or exc).__name__)
                 error = error_json("DatabaseUnavailable", describe_exception(exc), attempt=claimed.attempt)
                 return Outcome(claimed.id, claimed.lease_token, State.QUEUED, error=error, run_at=time.time() + 1.0, attempt_delta=-1)
             return self._retry_or_fail(claimed, job, max_attempts, exc)

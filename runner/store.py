@@ -702,6 +702,11 @@ _RETRY_BATCH = text(
     " expires_at = NULL, cancel_requested = 0"
     " WHERE id IN (SELECT id FROM runner_jobs WHERE state = :state ORDER BY id LIMIT :n)"
 )
+_LIST_JOBS = text(
+    f"SELECT {_JOB_COLUMNS} FROM runner_jobs"
+    " WHERE (CAST(:state AS TEXT) IS NULL OR state = :state) AND (CAST(:queue AS TEXT) IS NULL OR queue = :queue)"
+    " AND (CAST(:name AS TEXT) IS NULL OR name = :name) ORDER BY id DESC LIMIT :limit"
+)
 _PURGE_BATCH = text(
     "DELETE FROM runner_jobs WHERE id IN (SELECT id FROM runner_jobs"
     " WHERE finished_at IS NOT NULL AND finished_at < :before AND state = :state ORDER BY finished_at LIMIT :n)"
@@ -729,13 +734,8 @@ class AdminQueries:
     async def list_jobs(
         self, *, state: str | None, queue: str | None, name: str | None, limit: int
     ) -> list[JobRow]:
-        clauses, params = [], {"limit": limit}
-        for column, value in (("state", state), ("queue", queue), ("name", name)):
-            if value is not None:
-                clauses.append(f"{column} = :{column}")
-                params[column] = value
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        statement = text(f"SELECT {_JOB_COLUMNS} FROM runner_jobs {where} ORDER BY id DESC LIMIT :limit")
+        params = {"limit": limit, "state": state, "queue": queue, "name": name}
+        statement = _LIST_JOBS
         async with self.store._read() as conn:
             return [JobRow(*row) for row in (await conn.execute(statement, params)).all()]
 

@@ -140,6 +140,17 @@ async def store(broker_url: str) -> AsyncIterator[Any]:
     await engine.dispose()
 
 
+@pytest.fixture
+async def configured(broker_url: str) -> AsyncIterator[str]:
+    """The test app (tests/apps/basic.py) pointed at ``broker_url`` for producers in this test."""
+    from tests.apps.basic import app
+
+    app.configure(broker=broker_url)
+    yield broker_url
+    await app.client.aclose()
+    app.configure(broker="sqlite:///runner.db")
+
+
 def sql(url: str, statement: str) -> list[tuple[Any, ...]]:
     """Read the database behind ``url`` from the test process, synchronously."""
     if url.startswith("sqlite"):

@@ -25,14 +25,6 @@ from .conftest import sql
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-async def configured(broker_url: str) -> Any:
-    basic.app.configure(broker=broker_url)
-    yield broker_url
-    await basic.app.client.aclose()
-    basic.app.configure(broker="sqlite:///runner.db")
-
-
 async def test_a_running_job_is_cancelled_within_a_second_and_rolled_back(configured: str) -> None:
     # On SQLite an open write transaction holds the queue's only write lock, so the cancel
     # request itself could not be written while the job sits on its write: that job waits first.

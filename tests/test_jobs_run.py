@@ -18,14 +18,6 @@ from .conftest import sql
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-async def configured(broker_url: str) -> Any:
-    app.configure(broker=broker_url)
-    yield broker_url
-    await app.client.aclose()
-    app.configure(broker="sqlite:///runner.db")
-
-
 async def drain(url: str, **settings: Any) -> Any:
     return await run_burst(app, url, **settings)
 
@@ -97,41 +89,6 @@ async def test_explicit_retry_exception(configured: str) -> None:
     handle = await basic.asks_retry.defer_async()
     await drain(configured)
     assert await handle.wait_async(5) == 3
-
-
-async def test_bad_input_fails_visibly_and_the_worker_goes_on(configured: str) -> None:
-    good_before = await basic.add.defer_async(1, 1)
-    # Rows no producer API would write: straight INSERTs, as another language might.
-    sql_inserts = [
-        "INSERT INTO runner_jobs (name, args) VALUES ('no.such.job', '[]')",
-        "INSERT INTO runner_jobs (name, args) VALUES ('tests.apps.basic.add', '[1]')",
-        "INSERT INTO runner_jobs (name, args) VALUES ('tests.apps.basic.add', '[\"a\", 2]')",
-        "INSERT INTO runner_jobs (name, args) VALUES ('tests.apps.basic.add', '[1, 2')",
-        "INSERT INTO runner_jobs (name, args) VALUES ('tests.apps.basic.add', '{\"x\": 1}')",
-        "INSERT INTO runner_jobs (name, args) VALUES ('os.system', '[\"echo pwned\"]')",
-    ]
-    for statement in sql_inserts:
-        sql(configured, statement + (" RETURNING id" if "postgres" in configured else ""))
-    unencodable = await basic.unencodable.defer_async()
-    bad_str = await basic.raises_bad_str.defer_async()
-    too_big = await basic.big_result.defer_async(2_000_000)
-    good_after = await basic.add.defer_async(2, 2)
-    await drain(configured)
-    assert await good_before.wait_async(5) == 2 and await good_after.wait_async(5) == 4
-    errors = {
-        name: json.loads(error)
-        for name, error in sql(configured, "SELECT args || ' ' || name, error FROM runner_jobs WHERE state = 'failed'")
-    }
-    messages = {k: f"{v['type']}: {v['message']}" for k, v in errors.items()}
-    assert "UnknownJob: unknown job 'no.such.job'; registered jobs:" in messages["[] no.such.job"]
-    assert "UnknownJob" in messages['["echo pwned"] os.system']
-    assert "missing a required argument: 'y'" in messages["[1] tests.apps.basic.add"]
-    assert "Expected `int`, got `str`" in messages['["a", 2] tests.apps.basic.add']
-    assert "SerializationError: args column is not valid JSON" in messages["[1, 2 tests.apps.basic.add"]
-    assert "args column must be a JSON array" in messages['{"x": 1} tests.apps.basic.add']
-    assert error_of(configured, unencodable.id)["type"] == "SerializationError"
-    assert "unprintable BadStr" in error_of(configured, bad_str.id)["message"]
-    assert "limit is 1,048,576" in error_of(configured, too_big.id)["message"]
 
 
 async def test_progress_is_readable(configured: str) -> None:

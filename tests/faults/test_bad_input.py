@@ -1,0 +1,135 @@
+"""Bad input and the security rules, through the API and as raw rows straight into the table.
+
+Each bad job must end ``failed`` with a message that names the problem and what is accepted, the
+worker must keep going, and nothing but a registered job may ever run: no unpickling, no dotted
+import paths, no SQL built from data.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.testing import run_burst
+from tests.apps import basic
+from tests.apps.basic import app
+
+from ..conftest import sql
+
+pytestmark = pytest.mark.anyio
+
+RUNNER = Path(__file__).resolve().parents[2] / "runner"
+# The classic protocol-0 pickle that calls os.system when unpickled.
+PICKLE_TEXT = "cos\nsystem\n(S'echo pwned'\ntR."
+
+
+async def drain(url: str) -> Any:
+    return await run_burst(app, url)
+
+
+def error_of(url: str, job_id: int) -> dict[str, Any]:
+    ((text,),) = sql(url, f"SELECT error FROM runner_jobs WHERE id = {job_id}")
+    return json.loads(text)
+
+
+async def test_bad_input_fails_visibly_and_the_worker_goes_on(configured: str) -> None:
+    good_before = await basic.add.defer_async(1, 1)
+    # Rows no producer API would write: straight INSERTs, as another language might.
+    sql_inserts = [
+        "INSERT INTO runner_jobs (name, args) VALUES ('no.such.job', '[]')",
+        "INSERT INTO runner_jobs (name, args) VALUES ('tests.apps.basic.add', '[1]')",
+        "INSERT INTO runner_jobs (name, args) VALUES ('tests.apps.basic.add', '[\"a\", 2]')",
+        "INSERT INTO runner_jobs (name, args) VALUES ('tests.apps.basic.add', '[1, 2')",
+        "INSERT INTO runner_jobs (name, args) VALUES ('tests.apps.basic.add', '{\"x\": 1}')",
+        "INSERT INTO runner_jobs (name, args) VALUES ('os.system', '[\"echo pwned\"]')",
+        "INSERT INTO runner_jobs (name, args) VALUES ('subprocess.call', '[[\"touch\", \"/tmp/runner-pwned\"]]')",
+        # A pickle of os.system('echo pwned') stored where JSON belongs: never unpickled, only refused.
+        "INSERT INTO runner_jobs (name, args) VALUES ('tests.apps.basic.add', '" + PICKLE_TEXT.replace("'", "''") + "')",
+        f"INSERT INTO runner_jobs (name, args) VALUES ('tests.apps.basic.add', '[\"{'x' * 1_100_000}\", 1]')",
+    ]
+    for statement in sql_inserts:
+        sql(configured, statement + (" RETURNING id" if "postgres" in configured else ""))
+    unencodable = await basic.unencodable.defer_async()
+    bad_str = await basic.raises_bad_str.defer_async()
+    too_big = await basic.big_result.defer_async(2_000_000)
+    good_after = await basic.add.defer_async(2, 2)
+    await drain(configured)
+    assert await good_before.wait_async(5) == 2 and await good_after.wait_async(5) == 4
+    errors = {
+        name: json.loads(error)
+        for name, error in sql(configured, "SELECT args || ' ' || name, error FROM runner_jobs WHERE state = 'failed'")
+    }
+    messages = {k: f"{v['type']}: {v['message']}" for k, v in errors.items()}
+    assert "UnknownJob: unknown job 'no.such.job'; registered jobs:" in messages["[] no.such.job"]
+    assert "UnknownJob" in messages['["echo pwned"] os.system']
+    assert "UnknownJob" in messages['[["touch", "/tmp/runner-pwned"]] subprocess.call']
+    assert not os.path.exists("/tmp/runner-pwned")
+    assert "SerializationError: args column is not valid JSON" in messages[f"{PICKLE_TEXT} tests.apps.basic.add"]
+    oversized = next(v for k, v in messages.items() if k.startswith('["xxxx'))
+    assert "PayloadTooLarge: arguments are 1,100,0" in oversized and "the limit is 1,048,576" in oversized
+    assert "missing a required argument: 'y'" in messages["[1] tests.apps.basic.add"]
+    assert "Expected `int`, got `str`" in messages['["a", 2] tests.apps.basic.add']
+    assert "SerializationError: args column is not valid JSON" in messages["[1, 2 tests.apps.basic.add"]
+    assert "args column must be a JSON array" in messages['{"x": 1} tests.apps.basic.add']
+    assert error_of(configured, unencodable.id)["type"] == "SerializationError"
+    assert "unprintable BadStr" in error_of(configured, bad_str.id)["message"]
+    assert "limit is 1,048,576" in error_of(configured, too_big.id)["message"]
+
+
+async def test_names_and_queues_with_quotes_and_semicolons_are_data(configured: str) -> None:
+    hostile = "x'); DROP TABLE runner_jobs; --"
+    handle = await basic.add.options(queue=hostile).defer_async(1, 2)
+    sql(configured, "INSERT INTO runner_jobs (name, args) VALUES ('a''; DELETE FROM runner_jobs; --', '[]')")
+    await run_burst(app, configured, queues=(hostile, "default"))
+    assert await handle.wait_async(5) == 3
+    ((state, error),) = sql(configured, "SELECT state, error FROM runner_jobs WHERE name LIKE 'a''%'")
+    assert state == "failed" and "unknown job \"a'; DELETE FROM runner_jobs; --\"" in json.loads(error)["message"]
+    assert sql(configured, "SELECT count(*) FROM runner_jobs")[0][0] == 2
+
+
+def _calls_in(tree: ast.AST) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+                names.add(f"{func.value.id}.{func.attr}")
+            elif isinstance(func, ast.Name):
+                names.add(func.id)
+    return names
+
+
+def test_no_code_path_unpickles_evaluates_or_imports_by_data() -> None:
+    """Static check over runner/: the decoders are msgspec JSON only; jobs resolve by registry."""
+    forbidden = {"pickle.loads", "pickle.load", "marshal.loads", "eval", "exec", "shelve.open", "dill.loads"}
+    for path in RUNNER.rglob("*.py"):
+        tree = ast.parse(path.read_text(), str(path))
+        imports = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imports |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not imports & {"pickle", "marshal", "shelve", "dill", "cloudpickle"}, f"{path} imports a pickler"
+        assert not _calls_in(tree) & forbidden, f"{path} calls {_calls_in(tree) & forbidden}"
+    executor = (RUNNER / "executor.py").read_text()
+    assert "import_module" not in executor and "__import__" not in executor, "jobs must resolve via the registry"
+
+
+def test_every_sql_statement_binds_its_values() -> None:
+    """SQL f-strings in the store may only splice module constants (column lists, fragments),
+    never a value: values always travel as bound parameters."""
+    tree = ast.parse((RUNNER / "store.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            text = "".join(v.value for v in node.values if isinstance(v, ast.Constant))
+            if any(k in text.upper() for k in ("SELECT ", "INSERT ", "UPDATE ", "DELETE ")):
+                for value in node.values:
+                    if isinstance(value, ast.FormattedValue):
+                        root = value.value
+                        while isinstance(root, (ast.Call, ast.Attribute)):
+                            root = root.func if isinstance(root, ast.Call) else root.value
+                        assert isinstance(root, ast.Name) and root.id.lstrip("_").isupper(), (
+                            f"store.py line {node.lineno}: SQL f-string splices {ast.unparse(value.value)}"
+                        )
