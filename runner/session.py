@@ -113,7 +113,118 @@ def current_sessionmaker() -> async_sessionmaker[AsyncSession]:
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     # expire_on_commit=False: a job's return value may read attributes after the commit.
+    if engine.dialect.name == "sqlite":
+        return async_sessionmaker(engine, class_=SQLiteWriterSession, expire_on_commit=False, autoflush=True)
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=True)
+
+
+class SQLiteWriterSession(AsyncSession):
+    """An AsyncSession that, on SQLite, waits for a per-process writer lock in the event loop
+    before its first statement, and gives it back when its transaction ends.
+
+    SQLite has one writer, and every runner transaction on it is BEGIN IMMEDIATE. Sessions of one
+    worker would otherwise queue inside SQLite's busy handler, which sleeps in growing steps (up
+    to 100 ms) between attempts; a job that awaits something slow before it first touches the
+    database holds nothing meanwhile.
+    """
+
+    writer: anyio.Lock | None = None  # set per process (per loop) by writer_lock()
+    _holds = False
+
+    async def _take(self) -> None:
+        if self._holds:
+            return
+        try:
+            with anyio.fail_after(SQLITE_BUSY_TIMEOUT_S):
+                await writer_lock().acquire()
+        except TimeoutError:
+            raise RunnerError(
+                f"database is locked: no SQLite write lock within {SQLITE_BUSY_TIMEOUT_S:g}s; SQLite has one "
+                "writer, so a job must not open a second session (session_scope) while its own is in a "
+                "transaction, nor hold a transaction open for that long"
+            ) from None
+        self._holds = True
+
+    def _give(self) -> None:
+        if self._holds:
+            self._holds = False
+            writer_lock().release()
+
+    async def connection(self, *args: Any, **kwargs: Any) -> Any:
+        await self._take()
+        return await super().connection(*args, **kwargs)
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        await self._take()
+        return await super().execute(*args, **kwargs)
+
+    async def scalar(self, *args: Any, **kwargs: Any) -> Any:
+        await self._take()
+        return await super().scalar(*args, **kwargs)
+
+    async def scalars(self, *args: Any, **kwargs: Any) -> Any:
+        await self._take()
+        return await super().scalars(*args, **kwargs)
+
+    async def get(self, *args: Any, **kwargs: Any) -> Any:
+        await self._take()
+        return await super().get(*args, **kwargs)
+
+    async def stream(self, *args: Any, **kwargs: Any) -> Any:
+        await self._take()
+        return await super().stream(*args, **kwargs)
+
+    async def flush(self, *args: Any, **kwargs: Any) -> None:
+        await self._take()
+        await super().flush(*args, **kwargs)
+
+    async def run_sync(self, *args: Any, **kwargs: Any) -> Any:
+        await self._take()
+        return await super().run_sync(*args, **kwargs)
+
+    async def refresh(self, *args: Any, **kwargs: Any) -> None:
+        await self._take()
+        await super().refresh(*args, **kwargs)
+
+    async def merge(self, *args: Any, **kwargs: Any) -> Any:
+        await self._take()
+        return await super().merge(*args, **kwargs)
+
+    async def commit(self) -> None:
+        if self.new or self.dirty or self.deleted:
+            await self._take()  # a commit that flushes writes
+        try:
+            await super().commit()
+        finally:
+            self._give()
+
+    async def rollback(self) -> None:
+        try:
+            await super().rollback()
+        finally:
+            self._give()
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            self._give()
+
+
+_writer_locks: dict[int, anyio.Lock] = {}
+
+
+def writer_lock() -> anyio.Lock:
+    """The SQLite writer lock of the running loop (one per worker process)."""
+    import asyncio
+
+    key = id(asyncio.get_running_loop())
+    lock = _writer_locks.get(key)
+    if lock is None:
+        if len(_writer_locks) > 64:  # loops of finished tests/scripts
+            _writer_locks.clear()
+        lock = _writer_locks[key] = anyio.Lock()
+    return lock
 
 
 @contextlib.asynccontextmanager

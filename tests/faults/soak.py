@@ -54,7 +54,13 @@ class Soak:
         self.hosts[i] = Serve(*serve_args(self.url, *self.args, "--node", f"soak-{i}"), env=env)
 
     def succeeded(self) -> int:
-        return states(self.url).get("succeeded", 0)
+        """The monitor's own read; while PostgreSQL restarts it may fail, so it retries."""
+        for _ in range(60):
+            try:
+                return states(self.url).get("succeeded", 0)
+            except Exception:
+                time.sleep(0.5)
+        raise RuntimeError("the database did not answer the soak monitor for 30 s")
 
     def fault(self, kind: str, done: int) -> None:
         self.faults[kind] += 1
