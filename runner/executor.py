@@ -16,7 +16,7 @@ import time
 import traceback as tb
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import msgspec
@@ -137,6 +137,9 @@ class Executor:
             job = self.app.get(claimed.name)
             args, kwargs, meta = self._decode(claimed)
             bound = job.bind(args, kwargs)
+            timeout = meta.get("timeout", job.timeout)
+            if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
+                raise SerializationError(f"meta column: timeout must be a number of seconds or null, got {timeout!r}")
         except (UnknownJob, ArgumentsError, SerializationError, PayloadTooLarge) as exc:
             return self._final(claimed, State.FAILED, error=error_json(type(exc).__name__, str(exc), attempt=claimed.attempt))
         max_attempts = claimed.max_attempts or job.max_attempts
@@ -146,7 +149,6 @@ class Executor:
                 claimed.id, job.name, claimed.attempt, max_attempts, claimed.queue,
                 claimed.parent_id, claimed.root_id, meta, functools.partial(self._progress, running),
             )  # fmt: skip
-        timeout = meta.get("timeout", job.timeout)
         try:
             with running.scope:
                 if timeout:
@@ -270,8 +272,12 @@ class Executor:
             if len(result) > self.max_result:
                 message = f"the result of {job.name} is {len(result):,} bytes of JSON; the limit is {self.max_result:,} (--max-result)"
                 return self._final(claimed, State.FAILED, error=error_json("ResultTooLarge", message, attempt=claimed.attempt))
+        try:
+            children = _children(claimed, self._meta(claimed).get("on_success"), value, "on_success", self.max_payload)
+        except (SerializationError, PayloadTooLarge) as exc:
+            message = f"the job returned, but its on_success chained jobs cannot be enqueued: {exc}"
+            return self._final(claimed, State.FAILED, error=error_json(type(exc).__name__, message, attempt=claimed.attempt))
         outcome = self._final(claimed, State.SUCCEEDED, result=result)
-        children = _children(claimed, self._meta(claimed).get("on_success"), value)
         return msgspec.structs.replace(outcome, children=children) if children else outcome
 
     def _meta(self, claimed: Claimed) -> dict[str, Any]:
@@ -306,8 +312,13 @@ class Executor:
             log.info("job %s %s attempt %d failed (%s: %s); retry in %.1fs", claimed.id, job.name, claimed.attempt, _type_name(exc), message, wait)
             return Outcome(claimed.id, claimed.lease_token, State.QUEUED, error=error, run_at=time.time() + wait)
         log.warning("job %s %s failed on attempt %d/%d: %s: %s", claimed.id, job.name, claimed.attempt, max_attempts, _type_name(exc), message)
+        try:
+            children = _children(claimed, self._meta(claimed).get("on_failure"), claimed.id, "on_failure", self.max_payload)
+        except (SerializationError, PayloadTooLarge) as bad:
+            children = ()
+            message = f"{message} (its on_failure chained jobs cannot be enqueued: {bad})"
+            error = error_json(_type_name(exc), message, _traceback(exc), attempt=claimed.attempt)
         outcome = self._final(claimed, State.FAILED, error=error)
-        children = _children(claimed, self._meta(claimed).get("on_failure"), claimed.id)
         return msgspec.structs.replace(outcome, children=children) if children else outcome
 
     def _final(self, claimed: Claimed, state: str, *, result: str | None = None, error: str | None = None) -> Outcome:
@@ -323,32 +334,68 @@ class Executor:
         await self.store.set_progress(claimed.id, claimed.lease_token, text)
 
 
-def _children(claimed: Claimed, specs: Any, value: Any) -> tuple[Envelope, ...]:
+_Int32 = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
+
+
+class _ChainSpec(msgspec.Struct):
+    """One chained job as ``meta.on_success`` / ``meta.on_failure`` holds it. A row's meta may
+    come from any producer (a raw INSERT), so it is checked here, before the outcome is written:
+    a child that cannot be inserted would otherwise make its parent's outcome unwritable."""
+
+    name: str
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    queue: str | None = None
+    priority: _Int32 | None = None
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)] | None = None
+    key: str | None = None
+    meta: dict[str, Any] | None = None
+    immutable: bool = False
+
+
+def _children(claimed: Claimed, specs: Any, value: Any, which: str, max_payload: int) -> tuple[Envelope, ...]:
     """Envelopes for chained jobs (``meta.on_success`` / ``meta.on_failure``): each gets ``value``
     (the parent's result, or for failures the parent's id) prepended to its args unless it is
-    ``immutable``, and the parent/root ids that tie a workflow together."""
-    if not isinstance(specs, list) or not specs:
+    ``immutable``, and the parent/root ids that tie a workflow together. Raises
+    ``SerializationError`` / ``PayloadTooLarge`` naming the spec when one cannot be enqueued."""
+    if not specs:
         return ()
+    if not isinstance(specs, list):
+        raise SerializationError(f"meta.{which} must be a list of chained jobs, got {type(specs).__name__}")
     children = []
-    for spec in specs:
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            log.warning("job %s: ignoring malformed chained job %r", claimed.id, spec)
-            continue
-        args = list(spec.get("args") or [])
-        if not spec.get("immutable"):
+    for i, raw in enumerate(specs):
+        where = f"meta.{which}[{i}]"
+        try:
+            spec = msgspec.convert(raw, _ChainSpec)
+        except msgspec.ValidationError as exc:
+            raise SerializationError(f"{where} is not a valid chained job: {exc}") from None
+        for field_name in ("name", "queue", "key"):
+            if "\x00" in (getattr(spec, field_name) or ""):
+                raise SerializationError(f"{where}: {field_name} contains a NUL character")
+        args = list(spec.args)
+        if not spec.immutable:
             args.insert(0, value)
+        size = len(encode_json(args, f"arguments of chained job {spec.name} ({where})"))
+        size += len(encode_json(spec.kwargs, f"keyword arguments of chained job {spec.name} ({where})"))
+        if size > max_payload:
+            raise PayloadTooLarge(
+                f"arguments of chained job {spec.name} ({where}) would be {size:,} bytes of JSON; "
+                f"the limit is {max_payload:,} (--max-payload)"
+            )
+        if spec.meta is not None:
+            encode_json(spec.meta, f"meta of chained job {spec.name} ({where})")
         children.append(
             Envelope(
-                name=spec["name"],
+                name=spec.name,
                 args=args,
-                kwargs=dict(spec.get("kwargs") or {}),
-                queue=spec.get("queue") or claimed.queue,
-                priority=int(spec.get("priority") or 0),
-                max_attempts=spec.get("max_attempts"),
-                key=spec.get("key"),
+                kwargs=spec.kwargs,
+                queue=spec.queue or claimed.queue,
+                priority=spec.priority or 0,
+                max_attempts=spec.max_attempts,
+                key=spec.key,
                 parent_id=claimed.id,
                 root_id=claimed.root_id or claimed.id,
-                meta=spec.get("meta"),
+                meta=spec.meta,
             )
         )
     return tuple(children)

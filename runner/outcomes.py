@@ -8,10 +8,13 @@ batches form by themselves under load and a lone outcome is written at once when
 from __future__ import annotations
 
 import logging
+import time
 
 import anyio
+import msgspec
 
-from .store import Outcome, Store
+from .store import Outcome, Store, error_json
+from .wire import State
 
 __all__ = ["OutcomeWriter"]
 
@@ -53,9 +56,40 @@ class OutcomeWriter:
                 await self.flush_once()
                 delay = 0.05
             except Exception as exc:  # the database may be restarting: keep the outcomes, try again
+                if await self._isolate_chains(exc):
+                    continue
                 log.warning("writing %d outcomes failed (%s); retrying in %.2fs", len(self._pending), exc, delay)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _isolate_chains(self, exc: Exception) -> bool:
+        """A batch with chained children failed for a reason other than the database's absence:
+        write each such outcome alone, and one whose children cannot be inserted is written
+        ``failed`` without them, so that one bad row can never hold the worker's other outcomes
+        back forever. True if the buffer changed (try again at once)."""
+        from .executor import database_unavailable, describe_exception
+
+        batch = self._pending[: self.max_batch]
+        if database_unavailable(exc) or not any(o.children for o in batch):
+            return False
+        kept: list[Outcome] = []
+        for outcome in batch:
+            if not outcome.children:
+                kept.append(outcome)
+                continue
+            try:
+                with anyio.CancelScope(shield=True):
+                    self.written += await self.store.finish([outcome])
+            except Exception as one:
+                if database_unavailable(one):
+                    kept.append(outcome)
+                    continue
+                message = f"its chained jobs could not be enqueued ({describe_exception(one)[:2000]})"
+                log.error("job %s: %s; marking it failed without them", outcome.id, message)
+                error = error_json("ChainError", message)
+                kept.append(msgspec.structs.replace(outcome, state=State.FAILED, result=None, error=error, children=(), finished_at=outcome.finished_at or time.time()))
+        self._pending[: len(batch)] = kept
+        return True
 
     async def flush_once(self) -> None:
         batch = self._pending[: self.max_batch]

@@ -198,7 +198,9 @@ class Worker:
         _id, name, token, attempt, max_attempts = held
         assert self.fault is not None
         if self.fault.reason == "hard_timeout":
-            message = f"hard time limit of {self.fault.limit}s exceeded; the worker running it was killed"
+            known = self.app.jobs.get(name)  # the job's own limit, not the supervisor's estimate of it
+            limit = known.hard_timeout if known is not None and known.hard_timeout else round(self.fault.limit, 1)
+            message = f"hard time limit of {limit:g}s exceeded; the worker running it was killed"
             type_ = "TimeLimitExceeded"
         else:
             message = "the worker's event loop stopped answering while running this job; it was killed"

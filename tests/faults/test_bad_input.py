@@ -133,3 +133,102 @@ def test_every_sql_statement_binds_its_values() -> None:
                         assert isinstance(root, ast.Name) and root.id.lstrip("_").isupper(), (
                             f"store.py line {node.lineno}: SQL f-string splices {ast.unparse(value.value)}"
                         )
+
+
+async def test_bad_calls_through_the_api_are_refused_before_any_row_is_written(configured: str) -> None:
+    """Enqueue-side checks: the caller gets the documented error naming the problem; no row."""
+    from runner.errors import ArgumentsError, PayloadTooLarge, SerializationError
+
+    refused = [
+        (ArgumentsError, "missing a required argument: 'y'", basic.add.call(1)),
+        (ArgumentsError, "too many positional arguments", basic.add.call(1, 2, 3)),
+        (ArgumentsError, "Expected `int`, got `str`", basic.add.call("a", 2)),
+        (ArgumentsError, "unexpected keyword argument 'z'", basic.add.call(1, 2, z=3)),
+        (PayloadTooLarge, "the limit is 1,048,576", basic.record.call("x" * 1_100_000)),
+        (SerializationError, "job meta cannot be encoded as JSON", basic.add.options(meta={"x": object()}).call(1, 2)),
+    ]
+    for error, message, call in refused:
+        with pytest.raises(error, match=message.replace("(", r"\(").replace("`", ".")):
+            await app.defer_many_async([call])
+        # One bad call in a batch refuses the whole batch: nothing half-enqueued.
+        with pytest.raises(error):
+            await app.defer_many_async([basic.add.call(5, 5), call])
+    with pytest.raises(ArgumentsError, match="unknown option"):
+        basic.add.options(retries=3)
+    assert sql(configured, "SELECT count(*) FROM runner_jobs") == [(0,)]
+    good = await basic.add.defer_async(20, 22)
+    await drain(configured)
+    assert await good.wait_async(5) == 42
+
+
+async def test_malformed_chained_jobs_fail_their_parent_and_the_worker_goes_on(configured: str) -> None:
+    """``meta.on_success`` / ``on_failure`` as a raw row may hold them: each spec is checked before
+    the outcome is written (a child that cannot be inserted used to make the outcome unwritable,
+    and one that could not even be built crashed the worker)."""
+    hostile = [
+        {"on_success": [{"name": "tests.apps.basic.add", "key": 5}]},
+        {"on_success": [{"name": "tests.apps.basic.add", "queue": ["q"]}]},
+        {"on_success": [{"name": "tests.apps.basic.add", "priority": 10**12}]},
+        {"on_success": [{"name": "tests.apps.basic.add", "max_attempts": "x"}]},
+        {"on_success": [{"name": "tests.apps.basic.add", "kwargs": [1]}], "on_failure": [{"name": "x", "kwargs": [1]}]},
+        {"on_success": [{"name": "a\u0000b"}]},
+        {"on_success": {"name": "tests.apps.basic.add"}},
+        {"on_success": ["tests.apps.basic.add"]},
+        {"timeout": "soon"},
+    ]
+    # Through the API: a result under --max-result that, prepended to a chained job's arguments,
+    # puts that job over --max-payload; and a failing job whose errback spec is malformed.
+    too_big = await basic.big_result.options(on_success=basic.add.call("y" * 60_000)).defer_async(1_000_000)
+    bad_errback = await basic.boom.options(meta={"on_failure": [{"name": "tests.apps.basic.noop", "args": "oops"}]}).defer_async("kaput")
+    ids = []
+    for meta in hostile:
+        text = json.dumps(meta).replace("'", "''")
+        ids.append(sql(configured, f"INSERT INTO runner_jobs (name, args, meta) VALUES ('tests.apps.basic.add', '[1, 2]', '{text}') RETURNING id")[0][0])
+    good = await basic.add.defer_async(3, 4)
+    worker = await drain(configured)
+    assert await good.wait_async(5) == 7
+    assert worker.writer.pending == 0
+    errors = [json.loads(e) for (e,) in sql(configured, f"SELECT error FROM runner_jobs WHERE id IN ({','.join(map(str, ids))}) ORDER BY id")]
+    assert len(errors) == len(hostile)
+    for meta, error in zip(hostile[:-1], errors[:-1]):
+        assert error["type"] == "SerializationError", (meta, error)
+        assert "on_success chained jobs cannot be enqueued: meta.on_success" in error["message"], (meta, error)
+    assert "key" in errors[0]["message"] and "$.queue" in errors[1]["message"] and "$.priority" in errors[2]["message"]
+    assert "NUL" in errors[5]["message"] and "must be a list of chained jobs" in errors[6]["message"]
+    assert "timeout must be a number of seconds" in errors[-1]["message"]
+    big = error_of(configured, too_big.id)
+    assert big["type"] == "PayloadTooLarge" and "chained job tests.apps.basic.add (meta.on_success[0])" in big["message"]
+    errback = error_of(configured, bad_errback.id)
+    assert errback["type"] == "ValueError" and errback["message"].startswith("kaput (its on_failure chained jobs cannot be enqueued")
+    assert states_of(configured) == {"succeeded": 1, "failed": len(hostile) + 2}
+
+
+def states_of(url: str) -> dict[str, int]:
+    return dict(sql(url, "SELECT state, count(*) FROM runner_jobs GROUP BY state"))
+
+
+async def test_an_outcome_whose_children_cannot_be_inserted_is_failed_not_retried_forever(store: Any) -> None:
+    """Defence in depth behind the executor's checks: the outcome writer never keeps retrying a
+    batch that fails because of its data (it would hold every other outcome back for good)."""
+    import anyio
+
+    from runner.outcomes import OutcomeWriter
+    from runner.store import Outcome
+    from runner.wire import Envelope
+
+    await store.enqueue([Envelope(name="a"), Envelope(name="b")])
+    first, second = await store.claim("owner:1:0", ["default"], 2, 30)
+    writer = OutcomeWriter(store)
+    poisoned = Envelope(name="child", args=[object()])  # cannot be encoded: the insert fails
+    writer.add(Outcome(first.id, first.lease_token, "succeeded", result="1", children=(poisoned,), finished_at=1.0))
+    writer.add(Outcome(second.id, second.lease_token, "succeeded", result="2", finished_at=1.0))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer.run)
+        with anyio.fail_after(10):
+            while writer.pending:
+                await anyio.sleep(0.02)
+        tg.cancel_scope.cancel()
+    a, b = await store.get(first.id), await store.get(second.id)
+    assert (a.state, b.state, b.result) == ("failed", "succeeded", "2")
+    assert json.loads(a.error)["type"] == "ChainError" and "could not be enqueued" in json.loads(a.error)["message"]
+    assert (await store.get(first.id + 2)) is None  # no child row

@@ -18,12 +18,14 @@ import pytest
 
 from tests.apps import basic
 
+from . import scaled
+
 from ..conftest import sql
 from ..serving import enqueue, prepare, serve_args, states
 
 pytestmark = pytest.mark.slow
 
-JOBS = 1500
+JOBS = scaled(1500)
 
 
 def test_kill_9_during_the_run_applies_every_job_exactly_once(broker_url: str, serve: Any) -> None:

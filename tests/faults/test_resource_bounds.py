@@ -15,12 +15,14 @@ import pytest
 from runner.worker import POOL_OVERFLOW
 from tests.apps import basic
 
+from . import scaled
+
 from ..conftest import sql
 from ..serving import enqueue, prepare, serve_args, states
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
-JOBS = 6000
+JOBS = scaled(4000)
 WORKERS, CONCURRENCY = 2, 8
 RSS_GROWTH_MB = 15
 

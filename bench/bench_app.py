@@ -1,0 +1,25 @@
+"""The runner app the benchmark serves (``runner serve -A bench.bench_app``): a no-op for W1 and
+W3, and the W2 database job. W3 needs no job of its own: runner's queue table already holds
+``created_at`` (set by the producer) and ``started_at`` (set by the claiming worker)."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from runner import App
+
+from .w2_body import activate
+
+app = App("bench")
+
+
+@app.job(name="noop")
+async def noop() -> None:
+    return None
+
+
+@app.job(name="activate")
+async def activate_job(session: AsyncSession, user_id: int) -> None:
+    """The session is the worker's, scoped to the attempt: the user's update and the job's
+    completion commit in one transaction (exactly-once)."""
+    await activate(session, user_id)
