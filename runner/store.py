@@ -12,7 +12,9 @@ Both backends share the statements except where the SQL differs: PostgreSQL clai
 
 from __future__ import annotations
 
+import asyncio
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +23,7 @@ import msgspec
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .enqueue_batching import EnqueueBatcher
 from .errors import PayloadTooLarge
 from .schema import SCHEMA_VERSION, migrate, schema_version
 from .wire import PROTOCOL_VERSION, Claimed, Envelope, ErrorInfo, State, encode_json
@@ -249,7 +252,7 @@ _WORKER_DELETE = text("DELETE FROM runner_workers WHERE owner = :owner")
 _BATCH_ENCODER = msgspec.json.Encoder()
 
 
-class Outcome(msgspec.Struct, frozen=True, array_like=True):
+class Outcome(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """How one attempt ended, ready to be written with the guarded finish statement."""
 
     id: int
@@ -309,7 +312,8 @@ def error_json(type_: str, message: str, traceback: str = "", attempt: int = 0) 
 
 
 class Store:
-    """The queue, reached through one engine. Stateless beyond the engine: safe to share."""
+    """The queue, reached through one engine. Stateless beyond the engine and the per-loop
+    batching of concurrent single enqueues: safe to share."""
 
     def __init__(self, engine: AsyncEngine, *, max_payload: int = 1 << 20) -> None:
         self.engine = engine
@@ -322,6 +326,7 @@ class Store:
         else:
             self._auto_engine = engine.execution_options(runner_autocommit=True)
         self._claim = _CLAIM_PG if self.backend == "postgresql" else _CLAIM_SQLITE
+        self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EnqueueBatcher] = weakref.WeakKeyDictionary()
 
     # -- schema -------------------------------------------------------------------------------
 
@@ -354,18 +359,38 @@ class Store:
         if len(envelopes) > 1 and self.backend == "sqlite":
             async with self.engine.begin() as own:  # ids are allocated under the write lock
                 return await self._enqueue(own, envelopes, now)
-        if len(envelopes) == 1 and self.backend == "postgresql" and envelopes[0].key is None:
-            # The single-enqueue hot path: one prepared statement straight on the driver, in
-            # autocommit (SQLAlchemy's execute machinery costs more CPU than the round trip).
-            row = _row(envelopes[0], now, self.max_payload)
+        if len(envelopes) == 1 and envelopes[0].key is None:
+            row = _without_key_since(_row(envelopes[0], now, self.max_payload))  # bad input fails here, alone
+            return [await self._batcher().enqueue(row, now)]
+        async with self._read() as own:
+            return await self._enqueue(own, envelopes, now)
+
+    def _batcher(self) -> EnqueueBatcher:
+        loop = asyncio.get_running_loop()
+        batcher = self._batchers.get(loop)
+        if batcher is None:
+            batcher = self._batchers[loop] = EnqueueBatcher(self._insert_rows, _database_unavailable)
+        return batcher
+
+    async def _insert_rows(self, rows: list[dict[str, Any]], now: float) -> list[int]:
+        """Keyless rows of concurrent single enqueues, in one statement and one commit."""
+        if len(rows) == 1 and self.backend == "postgresql":
+            # One prepared statement straight on the driver, in autocommit (SQLAlchemy's
+            # execute machinery costs more CPU than the round trip).
+            row = rows[0]
             async with self._read() as own:
                 raw = await own.get_raw_connection()
                 new_id = await raw.driver_connection.fetchval(  # type: ignore[union-attr]
                     _INSERT_ONE_PG, *(row[c] for c in _COPY_COLUMNS[1:-1]), now
                 )
             return [int(new_id)]
-        async with self._read() as own:
-            return await self._enqueue(own, envelopes, now)
+        if len(rows) == 1:
+            async with self._read() as own:
+                return [await self._insert_one(own, dict(rows[0]), now)]
+        async with (self._read() if self.backend == "postgresql" else self.engine.begin()) as conn:
+            ids = await self._allocate_ids(conn, len(rows))  # SQLite: under the write lock
+            await self._insert_many(conn, [{**row, "id": new_id} for row, new_id in zip(rows, ids)], now)
+        return ids
 
     async def _enqueue(self, conn: AsyncConnection, envelopes: Sequence[Envelope], now: float) -> list[int]:
         if len(envelopes) >= COPY_FROM and self.backend == "postgresql" and all(e.key is None for e in envelopes):
@@ -635,25 +660,31 @@ class Store:
 _encode = msgspec.json.Encoder().encode
 
 
+def _database_unavailable(exc: BaseException) -> bool:
+    from .executor import database_unavailable  # the executor stands on the store, not back
+
+    return database_unavailable(exc)
+
+
 def _copy_records(envelopes: Sequence[Envelope], now: float, max_payload: int) -> list[tuple[Any, ...]] | None:
     """Rows for COPY, built straight from the envelopes (the bulk hot path: no dicts, no
     per-row message strings). ``None`` when some row is bad: the caller then takes the
     row-by-row path, whose errors name the culprit."""
+    records = []
+    append = records.append
     try:
-        records = [
-            (
-                env.v or PROTOCOL_VERSION, env.name, (a := _encode(env.args).decode()), (k := _encode(env.kwargs).decode()),
-                env.queue, env.priority, env.max_attempts, now if env.run_at is None else env.run_at, env.expires_at,
-                None, env.parent_id, env.root_id, None if env.meta is None else _encode(env.meta).decode(), now,
-                len(a) + len(k),
-            )
-            for env in envelopes
-        ]  # fmt: skip
+        for env in envelopes:
+            args, kwargs = _encode(env.args), _encode(env.kwargs)
+            if len(args) + len(kwargs) > max_payload:
+                return None
+            append((
+                env.v or PROTOCOL_VERSION, env.name, args.decode(), kwargs.decode(), env.queue, env.priority,
+                env.max_attempts, now if env.run_at is None else env.run_at, env.expires_at, None,
+                env.parent_id, env.root_id, None if env.meta is None else _encode(env.meta).decode(), now,
+            ))  # fmt: skip
     except (TypeError, msgspec.EncodeError, OverflowError, ValueError):
         return None
-    if any(r[-1] > max_payload for r in records):
-        return None
-    return [r[:-1] for r in records]
+    return records
 
 
 def _without_key_since(row: dict[str, Any]) -> dict[str, Any]:

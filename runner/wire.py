@@ -65,8 +65,10 @@ class State:
 FINISHED_STATES: Final = frozenset({"succeeded", "failed", "cancelled", "expired"})
 
 
-class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """One job as a producer asks for it; maps column-for-column onto ``runner_jobs``."""
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
+    """One job as a producer asks for it; maps column-for-column onto ``runner_jobs``.
+    ``gc=False``: a bulk enqueue makes tens of thousands at once, and an Envelope can never be
+    part of a reference cycle (it holds JSON values), so the collector need not track it."""
 
     v: int = PROTOCOL_VERSION
     name: str
@@ -84,7 +86,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     meta: dict[str, Any] | None = None  # headers, callbacks, per-call limits
 
 
-class Claimed(msgspec.Struct, frozen=True, array_like=True):
+class Claimed(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A row as a claim returns it: arguments still raw text, decoded later by the executor,
     so a row that cannot be decoded still belongs to someone who can mark it failed."""
 

@@ -42,6 +42,53 @@ async def test_bulk_enqueue_of_many_rows(store: Store) -> None:
     assert len(rows) == 3000, "a rejected or rolled-back bulk insert must leave nothing behind"
 
 
+async def test_concurrent_single_enqueues_share_statements_and_each_gets_its_own_row(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[int] = []
+    insert_rows = store._insert_rows
+
+    async def counting(rows: list[dict], now: float) -> list[int]:
+        writes.append(len(rows))
+        return await insert_rows(rows, now)
+
+    monkeypatch.setattr(store, "_insert_rows", counting)
+    ids: dict[int, int] = {}
+
+    async def one(i: int) -> None:
+        (ids[i],) = await store.enqueue([Envelope(name="single", args=[i], priority=i % 3)])
+
+    async with anyio.create_task_group() as tg:
+        for i in range(200):
+            tg.start_soon(one, i)
+    assert len(set(ids.values())) == 200
+    assert sum(writes) == 200 and len(writes) < 20, f"200 concurrent callers took {len(writes)} writes: {writes}"
+    rows = {r.id: r for r in await store.get_many(list(ids.values()))}
+    assert all(rows[ids[i]].args == f"[{i}]" and rows[ids[i]].priority == i % 3 for i in range(200)), "each caller's id is its own row"
+
+
+async def test_a_bad_row_fails_only_its_own_caller_in_a_shared_write(store: Store) -> None:
+    """PostgreSQL refuses a NUL in text when the batch is written; SQLite stores it. Either way
+    the neighbours in the same write get their rows."""
+    results: dict[int, object] = {}
+
+    async def one(i: int) -> None:
+        name = "bad\x00name" if i == 7 else "fine"
+        try:
+            (results[i],) = await store.enqueue([Envelope(name=name, args=[i])])
+        except Exception as exc:  # noqa: BLE001 - the culprit's own error is the point
+            results[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i in range(30):
+            tg.start_soon(one, i)
+    good = [v for i, v in results.items() if i != 7]
+    assert all(isinstance(v, int) for v in good), results
+    assert len(await store.get_many(good)) == 29
+    if store.backend == "postgresql":
+        assert isinstance(results[7], Exception) and "0x00" in str(results[7])
+
+
 async def test_claim_takes_only_what_is_asked_and_leases_it(store: Store) -> None:
     await store.enqueue([Envelope(name="a") for _ in range(5)])
     claimed = await store.claim("w1", ["default"], 3, lease_ttl=30)
