@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .app import App, Call
 from .errors import JobCancelled, JobExpired, JobFailed, ResultTimeout, RunnerError
+from .gc_pause import paused_gc
 from .schema import SCHEMA_VERSION, migrate, schema_version
 from .session import create_engine
 from .store import JobRow, Store
@@ -77,7 +78,8 @@ class Client:
         if not calls:
             return []
         now = time.time()
-        envelopes = [c.envelope(now) for c in calls]
+        with paused_gc():
+            envelopes = [c.envelope(now) for c in calls]
         session = session or calls[0].options.session
         if session is not None:
             # Transactional enqueue: the rows exist if and only if the caller's transaction
@@ -90,7 +92,8 @@ class Client:
             ids = await store.enqueue(envelopes, conn, now=now)
         else:
             ids = await (await self.store()).enqueue(envelopes, now=now)
-        return [JobHandle(self.app, job_id) for job_id in ids]
+        with paused_gc():
+            return [JobHandle(self.app, job_id) for job_id in ids]
 
     # -- sync API -----------------------------------------------------------------------------
 

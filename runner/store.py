@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .enqueue_batching import EnqueueBatcher
 from .errors import PayloadTooLarge
+from .gc_pause import paused_gc
 from .schema import SCHEMA_VERSION, migrate, schema_version
 from .wire import PROTOCOL_VERSION, Claimed, Envelope, ErrorInfo, State, encode_json
 
@@ -394,12 +395,12 @@ class Store:
 
     async def _enqueue(self, conn: AsyncConnection, envelopes: Sequence[Envelope], now: float) -> list[int]:
         if len(envelopes) >= COPY_FROM and self.backend == "postgresql" and all(e.key is None for e in envelopes):
-            records = _copy_records(envelopes, now, self.max_payload)
+            ids = await self._allocate_ids(conn, len(envelopes))  # a fallback below just skips these
+            records = _copy_records(envelopes, ids, now, self.max_payload)
             if records is not None:
-                ids = await self._allocate_ids(conn, len(records))
                 raw = await conn.get_raw_connection()
                 await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
-                    "runner_jobs", records=[(i, *r) for i, r in zip(ids, records)], columns=_COPY_COLUMNS
+                    "runner_jobs", records=records, columns=_COPY_COLUMNS
                 )
                 return ids
         rows = [_row(env, now, self.max_payload) for env in envelopes]
@@ -666,22 +667,23 @@ def _database_unavailable(exc: BaseException) -> bool:
     return database_unavailable(exc)
 
 
-def _copy_records(envelopes: Sequence[Envelope], now: float, max_payload: int) -> list[tuple[Any, ...]] | None:
+def _copy_records(envelopes: Sequence[Envelope], ids: Sequence[int], now: float, max_payload: int) -> list[tuple[Any, ...]] | None:
     """Rows for COPY, built straight from the envelopes (the bulk hot path: no dicts, no
     per-row message strings). ``None`` when some row is bad: the caller then takes the
     row-by-row path, whose errors name the culprit."""
     records = []
     append = records.append
     try:
-        for env in envelopes:
-            args, kwargs = _encode(env.args), _encode(env.kwargs)
-            if len(args) + len(kwargs) > max_payload:
-                return None
-            append((
-                env.v or PROTOCOL_VERSION, env.name, args.decode(), kwargs.decode(), env.queue, env.priority,
-                env.max_attempts, now if env.run_at is None else env.run_at, env.expires_at, None,
-                env.parent_id, env.root_id, None if env.meta is None else _encode(env.meta).decode(), now,
-            ))  # fmt: skip
+        with paused_gc():
+            for new_id, env in zip(ids, envelopes):
+                args, kwargs = _encode(env.args), _encode(env.kwargs)
+                if len(args) + len(kwargs) > max_payload:
+                    return None
+                append((
+                    new_id, env.v or PROTOCOL_VERSION, env.name, args.decode(), kwargs.decode(), env.queue, env.priority,
+                    env.max_attempts, now if env.run_at is None else env.run_at, env.expires_at, None,
+                    env.parent_id, env.root_id, None if env.meta is None else _encode(env.meta).decode(), now,
+                ))  # fmt: skip
     except (TypeError, msgspec.EncodeError, OverflowError, ValueError):
         return None
     return records
