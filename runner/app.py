@@ -103,6 +103,8 @@ class JobOptions:
     key: str | None = None
     key_ttl: float | timedelta | None = None  # the key also matches a job that succeeded this recently
     max_attempts: int | None = None
+    timeout: float | None = None  # soft limit for this call (the job's own otherwise)
+    hard_timeout: float | None = None  # hard limit for this call: the worker is killed past it
     parent_id: int | None = None
     root_id: int | None = None
     meta: dict[str, Any] | None = None
@@ -162,9 +164,14 @@ class Call:
 
     def _meta(self) -> dict[str, Any] | None:
         opts = self.options
-        if opts.on_success is None and opts.on_failure is None:
+        if opts.on_success is None and opts.on_failure is None and opts.timeout is None and opts.hard_timeout is None:
             return opts.meta
         meta = dict(opts.meta or {})
+        for key, limit in (("timeout", opts.timeout), ("hard_timeout", opts.hard_timeout)):
+            if limit is not None:
+                if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0:
+                    raise ArgumentsError(f"{key} must be a positive number of seconds, got {limit!r}")
+                meta[key] = float(limit)
         for key, calls in (("on_success", opts.on_success), ("on_failure", opts.on_failure)):
             if calls is not None:
                 meta[key] = [c.chained() for c in ([calls] if isinstance(calls, Call) else calls)]
@@ -264,7 +271,7 @@ class JobDef(Generic[P, R]):
 
     def options(self, **options: Any) -> BoundOptions[P, R]:
         """Per-call options: queue, priority, countdown, eta, expires, key, key_ttl, max_attempts,
-        meta, parent_id, root_id, session (enqueue in the caller's transaction), on_success /
+        timeout, hard_timeout, meta, parent_id, root_id, session (enqueue in the caller's transaction), on_success /
         on_failure (calls to enqueue after this one), immutable (take no parent result)."""
         try:
             return BoundOptions(self, JobOptions(**options))

@@ -249,7 +249,7 @@ class Supervisor:
         if isinstance(frame, Heartbeat):
             slot.jobs_done = frame.done
         elif isinstance(frame, Started):
-            slot.deadlines[frame.job_id] = (frame.hard_deadline, max(0.0, frame.hard_deadline - time.time()))
+            slot.deadlines[frame.job_id] = (frame.hard_deadline, frame.limit or max(0.0, frame.hard_deadline - time.time()))
         elif isinstance(frame, Finished):
             slot.deadlines.pop(frame.job_id, None)
         elif isinstance(frame, Ready):

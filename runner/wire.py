@@ -134,10 +134,12 @@ class Heartbeat(msgspec.Struct, frozen=True, tag=True):
 
 
 class Started(msgspec.Struct, frozen=True, tag=True):
-    """Worker -> supervisor: job started; kill me if it is still running at ``hard_deadline``."""
+    """Worker -> supervisor: job started; kill me if it is still running at ``hard_deadline``.
+    ``limit`` is the hard limit itself, so the message on the job names it exactly."""
 
     job_id: int
     hard_deadline: float
+    limit: float = 0.0
 
 
 class Finished(msgspec.Struct, frozen=True, tag=True):

@@ -18,14 +18,15 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import asyncio
 
 import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .app import App, WorkerInfo
-from .errors import JobTimeout
+from .app import App, JobDef, WorkerInfo
+from .errors import JobTimeout, SerializationError
 from .executor import Executor, Running
 from .notify import listen_forever
 from .outcomes import OutcomeWriter
@@ -45,6 +46,7 @@ from .wire import (
     State,
     Stop,
     Stopped,
+    decode_json,
     encode_frame,
 )
 
@@ -198,9 +200,7 @@ class Worker:
         _id, name, token, attempt, max_attempts = held
         assert self.fault is not None
         if self.fault.reason == "hard_timeout":
-            known = self.app.jobs.get(name)  # the job's own limit, not the supervisor's estimate of it
-            limit = known.hard_timeout if known is not None and known.hard_timeout else round(self.fault.limit, 1)
-            message = f"hard time limit of {limit:g}s exceeded; the worker running it was killed"
+            message = f"hard time limit of {self.fault.limit:g}s exceeded; the worker running it was killed"
             type_ = "TimeLimitExceeded"
         else:
             message = "the worker's event loop stopped answering while running this job; it was killed"
@@ -353,10 +353,9 @@ class Worker:
 
     async def _run_one(self, running: Running) -> None:
         claimed = running.claimed
-        job = self.app.jobs.get(claimed.name)
-        hard = job.hard_timeout if job is not None else None
+        hard = _hard_limit(claimed, self.app.jobs.get(claimed.name))
         if hard:
-            self._send(Started(claimed.id, time.time() + hard))
+            self._send(Started(claimed.id, time.time() + hard, hard))
         try:
             outcome = await self.executor.run(running)
             if outcome is not None:
@@ -480,6 +479,20 @@ class Worker:
             self.sock.sendall(encode_frame(frame))
         except OSError:
             pass  # the supervisor is gone; _control notices the EOF and drains
+
+
+def _hard_limit(claimed: Claimed, job: JobDef[Any, Any] | None) -> float | None:
+    """The attempt's hard limit: a per-call ``hard_timeout`` in the row's meta wins over the
+    job's. Meta is decoded here only when it names one (most rows have no meta at all)."""
+    if claimed.meta and '"hard_timeout"' in claimed.meta:
+        try:
+            meta = decode_json(claimed.meta, "meta column")
+        except SerializationError:
+            meta = None  # the executor fails the job with the decoding error
+        value = meta.get("hard_timeout") if isinstance(meta, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    return job.hard_timeout if job is not None else None
 
 
 def _app_queues(app: App) -> tuple[str, ...]:

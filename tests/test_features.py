@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from runner import App, JobFailed
+from runner.errors import ArgumentsError
 from runner.session import create_engine
 from runner.store import Store
 from runner.testing import eager, rollback_session, run_burst
@@ -113,6 +114,23 @@ async def test_ignore_result_stores_none(configured: str) -> None:
     await run_burst(basic.app, configured)
     row = await handle.info_async()
     assert (row.state, row.result) == (State.SUCCEEDED, None)
+
+
+async def test_per_call_soft_limit_overrides_the_jobs(configured: str) -> None:
+    quick = await basic.sleeper.options(timeout=0.2, max_attempts=1).defer_async(30)
+    unlimited = await basic.sleeper.defer_async(0.3)
+    await run_burst(basic.app, configured)
+    row = await quick.info_async()
+    assert row.state == State.FAILED and "JobTimeout" in (row.error or ""), row.error
+    assert await unlimited.wait_async(5) == 0.3
+
+
+def test_per_call_limits_are_checked_and_carried_in_meta() -> None:
+    envelope = basic.add.options(timeout=2, hard_timeout=5).call(1, 2).envelope(0.0)
+    assert envelope.meta == {"timeout": 2.0, "hard_timeout": 5.0}
+    for bad in (0, -1, "3", True):
+        with pytest.raises(ArgumentsError, match="hard_timeout must be a positive number of seconds"):
+            basic.add.options(hard_timeout=bad).call(1, 2).envelope(0.0)
 
 
 # -- runner.testing --------------------------------------------------------------------------

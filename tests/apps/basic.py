@@ -123,6 +123,13 @@ def slow_sync(seconds: float) -> str:
 
 
 @app.job
+def sleeps_in_thread(seconds: float) -> float:
+    """Sync and with no limits of its own: only a per-call hard limit stops it early."""
+    time.sleep(seconds)
+    return seconds
+
+
+@app.job
 async def sleeper(seconds: float) -> float:
     await anyio.sleep(seconds)
     return seconds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from runner.compat.celery.execution import backoff_countdown
 from runner.compat.celery.result import EagerResult
 from runner.compat.celery.schedules import crontab
 
-from ..conftest import REPO
+from ..conftest import REPO, sql
 
 
 @pytest.fixture
@@ -213,3 +214,22 @@ def test_shared_task_and_class_based_tasks(tmp_path: Any) -> None:
     assert double.delay(21).get() == 42
     assert app.tasks["shared.double"] is double
     assert (REPO / "runner" / "compat" / "celery" / "bridge.py").exists()
+
+
+def test_a_per_call_time_limit_becomes_the_rows_hard_limit(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    app = Celery("limits", broker=url, set_as_current=False)
+
+    @app.task(time_limit=10)
+    def add(x, y):  # type: ignore[no-untyped-def]
+        return x + y
+
+    try:
+        per_call = add.apply_async((1, 2), time_limit=2.5, soft_time_limit=1)
+        default = add.delay(1, 2)
+        metas = dict(sql(url, "SELECT id, meta FROM runner_jobs"))
+    finally:
+        app.close()
+    assert json.loads(metas[int(per_call.id)])["hard_timeout"] == 2.5
+    assert "hard_timeout" not in json.loads(metas[int(default.id)] or "{}")
+    assert app.runner_app.get(add.name).hard_timeout == 10  # the task's own limit stays the default

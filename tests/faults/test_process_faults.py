@@ -81,6 +81,20 @@ def test_kill_9_of_a_worker_mid_job_requeues_at_once(broker_url: str, serve: Any
     assert sql(broker_url, "SELECT count(*) FROM ran") == [(0,)]  # the killed attempt left nothing
 
 
+def test_a_per_call_hard_limit_kills_a_job_that_has_none_of_its_own(broker_url: str, serve: Any) -> None:
+    prepare(broker_url)
+    (stuck,) = enqueue(broker_url, [basic.sleeps_in_thread.options(hard_timeout=1.0, max_attempts=1).call(120)])
+    others = enqueue(broker_url, [basic.add.call(i, i) for i in range(10)])
+    proc = serve(*serve_args(broker_url, "-w", "1", "-c", "4", "--burst"))
+    assert proc.wait(90) == 0, proc.output[-3000:]
+    assert proc.output.count("hard_timeout (signal SIGKILL); restarting") == 1, proc.output[-3000:]
+    ((state, attempt, error),) = sql(broker_url, f"SELECT state, attempt, error FROM runner_jobs WHERE id = {stuck}")
+    assert (state, attempt) == ("failed", 1), error
+    info = json.loads(error)
+    assert info["type"] == "TimeLimitExceeded" and "hard time limit of 1s exceeded" in info["message"], info
+    assert states(broker_url) == {"succeeded": len(others), "failed": 1}
+
+
 def test_hard_time_limit_kills_and_replaces_the_worker(broker_url: str, serve: Any) -> None:
     prepare(broker_url)
     (stuck,) = enqueue(broker_url, [basic.blocks_forever.call("x")])

@@ -392,6 +392,8 @@ class Celery:
         for key in ("soft_time_limit", "time_limit", "ignore_result"):
             if options.get(key) is not None:
                 celery_meta[key] = options[key]
+        if options.get("time_limit") is not None:  # per call: the supervisor enforces it
+            run_options["hard_timeout"] = _seconds(options["time_limit"])
         parent = current_request()
         if parent is not None and parent.job_id is not None:
             run_options["parent_id"] = parent.job_id
