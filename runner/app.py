@@ -2,7 +2,7 @@
 
 An App is inert data: building one, or decorating a job, touches no loop, engine or signal, so a
 module that defines jobs can be imported by a producer, the supervisor (before forking) and every
-worker alike. Enqueueing lives in ``client.py``; running lives in ``executor.py``.
+worker alike. Enqueueing lives in ``client.py``; running one lives in ``run_job.py``.
 """
 
 from __future__ import annotations

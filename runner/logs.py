@@ -47,6 +47,6 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     quiet = "DEBUG" if level == "debug" else "WARNING"
-    for name in ("runner.executor", "runner.outcomes", "runner.notify", "runner.store", "sqlalchemy", "asyncio", "aiosqlite"):
+    for name in ("runner.run_job", "runner.outcomes", "runner.notify", "runner.store", "sqlalchemy", "asyncio", "aiosqlite"):
         logging.getLogger(name).setLevel(quiet)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

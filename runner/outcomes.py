@@ -67,7 +67,7 @@ class OutcomeWriter:
         write each such outcome alone, and one whose children cannot be inserted is written
         ``failed`` without them, so that one bad row can never hold the worker's other outcomes
         back forever. True if the buffer changed (try again at once)."""
-        from .executor import database_unavailable, describe_exception
+        from .run_job import database_unavailable, describe_exception
 
         batch = self._pending[: self.max_batch]
         if database_unavailable(exc) or not any(o.children for o in batch):

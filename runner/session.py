@@ -82,7 +82,7 @@ def _sqlite_engine(url: str, *, pool_size: int, max_overflow: int, **kwargs: Any
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        # Single statements run in autocommit (see Store._read): no lock held between them.
+        # Single statements run in autocommit (see StoreBase._read in store/base.py): no lock held between them.
         if not conn.get_execution_options().get("runner_autocommit"):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 

@@ -93,7 +93,7 @@ class eager:  # noqa: N801 - used like a function: ``with eager(app):``
 
 
 def _eager_executor(app: App, store: Any, engine: AsyncEngine | None) -> Any:
-    from .executor import Executor
+    from .run_job import Executor
     from .session import make_sessionmaker
 
     return Executor(
@@ -103,7 +103,7 @@ def _eager_executor(app: App, store: Any, engine: AsyncEngine | None) -> Any:
 
 
 async def _run_inline(app: App, executor: Any, store: Any, ids: list[int]) -> None:
-    from .executor import Running
+    from .run_job import Running
 
     queues = sorted({j.queue for j in app.jobs.values()} | {app.default_queue} | set(app.routes.values()))
     owner = f"eager:{os.getpid()}"

@@ -7,7 +7,7 @@ workers (or the reverse) can meet during a rolling upgrade:
    any language can enqueue with one ``INSERT``. Nothing here is ever pickled.
 2. ``State`` -- ``queued -> running(lease) -> succeeded | failed | cancelled | expired``, plus
    ``running -> queued`` for a retry or a lost lease. Every move is one guarded SQL statement
-   (see ``store.py``).
+   (``store/claim.py``, ``store/finish.py``).
 3. ``Frame`` -- length-prefixed msgpack frames on the socketpair between the supervisor and each
    worker: ``Ready``, ``Heartbeat``, ``Started`` (job, hard deadline), ``Finished``, ``Stopped``
    upwards; ``Drain`` and ``Stop`` downwards.

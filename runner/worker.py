@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .app import App, JobDef, WorkerInfo
 from .errors import JobTimeout, SerializationError
-from .executor import Executor, Running
+from .run_job import Executor, Running
 from .notify import listen_forever
 from .outcomes import OutcomeWriter
 from .scheduler import Scheduler
@@ -135,7 +135,7 @@ class Worker:
         pool = self.concurrency + 1  # +1: lease renewal and claims never wait behind C busy jobs
         # No pre-ping: it costs a round trip per checkout. A dead connection instead fails one
         # statement, which invalidates the pool; queue operations retry, and a job whose
-        # connection died is given back without counting an attempt (executor.py).
+        # connection died is given back without counting an attempt (run_job.py).
         engine = create_engine(settings.broker, pool_size=pool, max_overflow=POOL_OVERFLOW, pre_ping=False)
         db_engine: AsyncEngine = engine
         if not settings.shared_database:

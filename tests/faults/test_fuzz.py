@@ -65,7 +65,7 @@ def test_binding_any_json_gives_arguments_or_arguments_error(args: list[object],
 @settings(max_examples=300, deadline=None)
 def test_decoding_any_row_text_gives_values_or_serialization_error(text: str) -> None:
     from runner.errors import PayloadTooLarge, SerializationError
-    from runner.executor import Executor
+    from runner.run_job import Executor
     from runner.wire import Claimed
 
     executor = Executor.__new__(Executor)
@@ -117,7 +117,7 @@ def _attempt(name: str, args: str, kwargs: str, meta: str | None) -> None:
     import anyio
 
     from runner.errors import JobTimeout
-    from runner.executor import Executor, Running
+    from runner.run_job import Executor, Running
     from runner.store import Outcome
     from runner.wire import Claimed, ErrorInfo
     from tests.apps.basic import app

@@ -24,7 +24,15 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .app import App, Context, JobDef
-from .errors import ArgumentsError, JobTimeout, LeaseLost, PayloadTooLarge, Retry, SerializationError, UnknownJob
+from .errors import (
+    ArgumentsError,
+    JobTimeout,
+    LeaseLost,
+    PayloadTooLarge,
+    Retry,
+    SerializationError,
+    UnknownJob,
+)
 from .store import Outcome, Store, error_json
 from .wire import Claimed, Envelope, State, decode_json, encode_json
 
