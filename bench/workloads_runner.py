@@ -151,7 +151,11 @@ def _profile(child: Child, out: Path) -> subprocess.Popen[bytes] | None:
     )  # fmt: skip
 
 
-def run_w2(url: str, n: int, users: int, workers: int, concurrency: int) -> dict[str, float]:
+def run_w2(url: str, n: int, users: int, workers: int, concurrency: int, *, at_least_once: bool = False) -> dict[str, float]:
+    """``at_least_once``: the same database given as ``--database`` under another spelling of its
+    URL, so the worker treats it as separate: the job commits, then its completion is written in
+    a batch (what pgqueuer and Celery do). The default row is exactly-once: the completion rides
+    in the job's own transaction, one more statement per job."""
     asyncio.run(_migrate(url))
     asyncio.run(seed.seed_users(url, users))
 
@@ -161,7 +165,8 @@ def run_w2(url: str, n: int, users: int, workers: int, concurrency: int) -> dict
 
     asyncio.run(enqueue())
     before = asyncio.run(seed.sessions_opened(url))
-    child = serve("w2", url, workers, concurrency, "--burst")
+    extra = ("--database", url + "?") if at_least_once else ()  # "db?" is "db", spelled differently
+    child = serve("w2", url, workers, concurrency, "--burst", *extra)
     try:
         child.wait(900)
     finally:
