@@ -42,6 +42,7 @@ __all__ = [
     "SchemaError",
     "SerializationError",
     "UnknownJob",
+    "describe_exception",
 ]
 
 
@@ -128,3 +129,11 @@ class Retry(RunnerError):
         super().__init__(reason or "retry requested")
         self.delay = delay
         self.reason = reason
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``str(exc)``, even when ``__str__`` itself raises (the message says so)."""
+    try:
+        return str(exc)
+    except Exception as inner:  # a broken __str__ must not break the worker
+        return f"<unprintable {type(exc).__name__}: str() raised {type(inner).__name__}>"

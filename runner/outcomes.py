@@ -13,6 +13,8 @@ import time
 import anyio
 import msgspec
 
+from .db_unavailable import database_unavailable
+from .errors import describe_exception
 from .store import Outcome, Store, error_json
 from .wire import State
 
@@ -67,8 +69,6 @@ class OutcomeWriter:
         write each such outcome alone, and one whose children cannot be inserted is written
         ``failed`` without them, so that one bad row can never hold the worker's other outcomes
         back forever. True if the buffer changed (try again at once)."""
-        from .run_job import database_unavailable, describe_exception
-
         batch = self._pending[: self.max_batch]
         if database_unavailable(exc) or not any(o.children for o in batch):
             return False

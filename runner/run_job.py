@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .app import App, Context, JobDef
+from .db_unavailable import database_unavailable
 from .errors import (
     ArgumentsError,
     JobTimeout,
@@ -32,11 +33,12 @@ from .errors import (
     Retry,
     SerializationError,
     UnknownJob,
+    describe_exception,
 )
 from .store import Outcome, Store, error_json
 from .wire import Claimed, Envelope, State, decode_json, encode_json
 
-__all__ = ["Executor", "Running", "describe_exception"]
+__all__ = ["Executor", "Running"]
 
 log = logging.getLogger(__name__)
 
@@ -50,47 +52,6 @@ class Running:
     stop_reason: str | None = None  # "cancelled" or "timeout" once the worker asked it to stop
     thread_id: int | None = None  # sync jobs: the thread to interrupt
     session: AsyncSession | None = None  # the attempt's session, once opened
-
-
-def describe_exception(exc: BaseException) -> str:
-    """``str(exc)``, even when ``__str__`` itself raises (the message says so)."""
-    try:
-        return str(exc)
-    except Exception as inner:  # a broken __str__ must not break the worker
-        return f"<unprintable {type(exc).__name__}: str() raised {type(inner).__name__}>"
-
-
-# Errors that mean "the database is not answering", whoever's statement met them. Connecting
-# while the server restarts fails with one of these before any connection exists to invalidate.
-_UNAVAILABLE_NAMES = frozenset({
-    "CannotConnectNowError", "ConnectionDoesNotExistError", "ConnectionFailureError", "AdminShutdownError",
-    "CrashShutdownError", "TooManyConnectionsError", "ConnectionRejectionError",
-})  # fmt: skip
-
-
-def database_unavailable(exc: BaseException) -> bool:
-    """True when a job's database error is the database's absence, not the job's fault. A bare
-    OSError counts only when it was raised inside SQLAlchemy's pool or engine, i.e. while
-    connecting to the database, not by the job's own sockets (an HTTP call it makes)."""
-    if not isinstance(exc, DBAPIError):
-        return isinstance(exc, OSError) and _raised_while_connecting(exc)
-    if exc.connection_invalidated:
-        return True
-    seen: BaseException | None = exc
-    for _ in range(8):  # the cause chain: SQLAlchemy -> adapter -> driver -> socket
-        if seen is None:
-            return False
-        if isinstance(seen, (ConnectionError, TimeoutError)) or type(seen).__name__ in _UNAVAILABLE_NAMES:
-            return True
-        if isinstance(seen, OSError) and seen.errno is not None:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _raised_while_connecting(exc: BaseException) -> bool:
-    frames = tb.extract_tb(exc.__traceback__)
-    return any("/sqlalchemy/pool/" in f.filename or "/sqlalchemy/engine/base.py" in f.filename for f in frames)
 
 
 def _type_name(exc: BaseException) -> str:
@@ -162,17 +123,17 @@ class Executor:
                 if timeout:
                     running.scope.deadline = anyio.current_time() + float(timeout)
                 if job.session_param:
-                    return await self._run_with_session(running, job, bound, injected)
+                    return await self._run_with_session(running, job, bound, injected, meta)
                 value = await self._invoke(running, job, bound, injected)
             if running.scope.cancelled_caught:
-                return self._stopped(running, job, max_attempts, timeout)
-            return self._success(claimed, job, value)
+                return self._stopped(running, job, max_attempts, timeout, meta)
+            return self._success(claimed, job, value, meta)
         except Retry as exc:
-            return self._retry_or_fail(claimed, job, max_attempts, exc, delay=exc.delay, force=True)
+            return self._retry_or_fail(claimed, job, max_attempts, exc, meta, delay=exc.delay, force=True)
         except (JobTimeout, self.timeout_exception) as exc:  # raised into a sync thread, or by the job
             if running.stop_reason == "cancelled":
                 return self._final(claimed, State.CANCELLED, error=error_json("Cancelled", "cancelled while running", attempt=claimed.attempt))
-            return self._retry_or_fail(claimed, job, max_attempts, exc)
+            return self._retry_or_fail(claimed, job, max_attempts, exc, meta)
         except LeaseLost:
             log.warning("job %s lost its lease; its transaction was rolled back", claimed.id)
             return None
@@ -183,9 +144,9 @@ class Executor:
                 log.warning("job %s: database unavailable (%s); re-queued", claimed.id, type(getattr(exc, "orig", None) or exc).__name__)
                 error = error_json("DatabaseUnavailable", describe_exception(exc), attempt=claimed.attempt)
                 return Outcome(claimed.id, claimed.lease_token, State.QUEUED, error=error, run_at=time.time() + 1.0, attempt_delta=-1)
-            return self._retry_or_fail(claimed, job, max_attempts, exc)
+            return self._retry_or_fail(claimed, job, max_attempts, exc, meta)
         except Exception as exc:
-            return self._retry_or_fail(claimed, job, max_attempts, exc)
+            return self._retry_or_fail(claimed, job, max_attempts, exc, meta)
 
     # -- steps ----------------------------------------------------------------------------------
 
@@ -246,13 +207,15 @@ class Executor:
                 continue
             await anyio.sleep(0.02)
 
-    async def _run_with_session(self, running: Running, job: JobDef[Any, Any], bound: Any, injected: dict[str, Any]) -> Outcome | None:
+    async def _run_with_session(
+        self, running: Running, job: JobDef[Any, Any], bound: Any, injected: dict[str, Any], meta: dict[str, Any]
+    ) -> Outcome | None:
         assert self.sessions is not None and job.session_param is not None
         claimed = running.claimed
         session = running.session = self.sessions()
         try:
             value = await self._invoke(running, job, bound, {**injected, job.session_param: session})
-            outcome = self._success(claimed, job, value)
+            outcome = self._success(claimed, job, value, meta)
             if self.exactly_once:
                 # The ack rides in the job's own transaction: business writes and completion
                 # commit together or not at all, and a stale attempt (token moved on) commits nothing.
@@ -270,7 +233,7 @@ class Executor:
         finally:
             await _shielded(session.close)
 
-    def _success(self, claimed: Claimed, job: JobDef[Any, Any], value: Any) -> Outcome:
+    def _success(self, claimed: Claimed, job: JobDef[Any, Any], value: Any, meta: dict[str, Any]) -> Outcome:
         result = None
         if not job.ignore_result and value is not None:
             try:
@@ -281,26 +244,19 @@ class Executor:
                 message = f"the result of {job.name} is {len(result):,} bytes of JSON; the limit is {self.max_result:,} (--max-result)"
                 return self._final(claimed, State.FAILED, error=error_json("ResultTooLarge", message, attempt=claimed.attempt))
         try:
-            children = _children(claimed, self._meta(claimed).get("on_success"), value, "on_success", self.max_payload)
+            children = _children(claimed, meta.get("on_success"), value, "on_success", self.max_payload)
         except (SerializationError, PayloadTooLarge) as exc:
             message = f"the job returned, but its on_success chained jobs cannot be enqueued: {exc}"
             return self._final(claimed, State.FAILED, error=error_json(type(exc).__name__, message, attempt=claimed.attempt))
         outcome = self._final(claimed, State.SUCCEEDED, result=result)
         return msgspec.structs.replace(outcome, children=children) if children else outcome
 
-    def _meta(self, claimed: Claimed) -> dict[str, Any]:
-        try:
-            meta = decode_json(claimed.meta) if claimed.meta else {}
-        except SerializationError:
-            return {}
-        return meta if isinstance(meta, dict) else {}
-
-    def _stopped(self, running: Running, job: JobDef[Any, Any], max_attempts: int, timeout: Any) -> Outcome:
+    def _stopped(self, running: Running, job: JobDef[Any, Any], max_attempts: int, timeout: Any, meta: dict[str, Any]) -> Outcome:
         claimed = running.claimed
         if running.stop_reason == "cancelled":
             return self._final(claimed, State.CANCELLED, error=error_json("Cancelled", "cancelled while running", attempt=claimed.attempt))
         exc = JobTimeout(f"soft time limit of {timeout}s exceeded")
-        return self._retry_or_fail(claimed, job, max_attempts, exc)
+        return self._retry_or_fail(claimed, job, max_attempts, exc, meta)
 
     def _retry_or_fail(
         self,
@@ -308,6 +264,7 @@ class Executor:
         job: JobDef[Any, Any],
         max_attempts: int,
         exc: BaseException,
+        meta: dict[str, Any],
         *,
         delay: float | None = None,
         force: bool = False,
@@ -321,7 +278,7 @@ class Executor:
             return Outcome(claimed.id, claimed.lease_token, State.QUEUED, error=error, run_at=time.time() + wait)
         log.warning("job %s %s failed on attempt %d/%d: %s: %s", claimed.id, job.name, claimed.attempt, max_attempts, _type_name(exc), message)
         try:
-            children = _children(claimed, self._meta(claimed).get("on_failure"), claimed.id, "on_failure", self.max_payload)
+            children = _children(claimed, meta.get("on_failure"), claimed.id, "on_failure", self.max_payload)
         except (SerializationError, PayloadTooLarge) as bad:
             children = ()
             message = f"{message} (its on_failure chained jobs cannot be enqueued: {bad})"

@@ -21,6 +21,7 @@ import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ..db_unavailable import database_unavailable
 from ..enqueue_batching import EnqueueBatcher
 from ..errors import PayloadTooLarge
 from ..gc_pause import paused_gc
@@ -113,7 +114,7 @@ class EnqueueStatements(StoreBase):
         loop = asyncio.get_running_loop()
         batcher = self._batchers.get(loop)
         if batcher is None:
-            batcher = self._batchers[loop] = EnqueueBatcher(self._insert_rows, _database_unavailable)
+            batcher = self._batchers[loop] = EnqueueBatcher(self._insert_rows, database_unavailable)
         return batcher
 
     async def _insert_rows(self, rows: list[dict[str, Any]], now: float) -> list[int]:
@@ -197,13 +198,6 @@ class EnqueueStatements(StoreBase):
             for row in rows
         ]  # fmt: skip
         await conn.execute(_INSERT_MANY_PG, {"rows": _BATCH_ENCODER.encode(raw).decode(), "now": now})
-
-
-def _database_unavailable(exc: BaseException) -> bool:
-    # Imported here: running a job stands on the store, not the other way round.
-    from ..run_job import database_unavailable
-
-    return database_unavailable(exc)
 
 
 def _copy_records(envelopes: Sequence[Envelope], ids: Sequence[int], now: float, max_payload: int) -> list[tuple[Any, ...]] | None:
