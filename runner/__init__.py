@@ -16,7 +16,7 @@ event loop and one engine, with a session scoped to every attempt.
 from __future__ import annotations
 
 from .app import App, Call, Context, JobDef, WorkerInfo
-from .client import JobHandle
+from .client import CancelResult, JobHandle, JobInfo
 from .errors import (
     ArgumentsError,
     ConfigError,
@@ -33,26 +33,32 @@ from .errors import (
     RunnerError,
     SchemaError,
     SerializationError,
+    TimeLimitExceeded,
     UnknownJob,
 )
 from .session import create_engine, session_scope
 from .settings import Settings
-from .wire import Envelope, State
+from .wire import AttemptRecord, ChildSpec, Envelope, ErrorInfo, State
 
 __all__ = [
     "App",
     "ArgumentsError",
+    "AttemptRecord",
     "Call",
+    "CancelResult",
+    "ChildSpec",
     "ConfigError",
     "Context",
     "EnqueueError",
     "Envelope",
+    "ErrorInfo",
     "JobCancelled",
     "JobDef",
     "JobError",
     "JobExpired",
     "JobFailed",
     "JobHandle",
+    "JobInfo",
     "JobTimeout",
     "LeaseLost",
     "PayloadTooLarge",
@@ -63,6 +69,7 @@ __all__ = [
     "SerializationError",
     "Settings",
     "State",
+    "TimeLimitExceeded",
     "UnknownJob",
     "WorkerInfo",
     "create_engine",

@@ -16,10 +16,9 @@ from typing import Any
 
 import anyio
 
+from .drivers import CancelResult, Driver, JobFilter, JobRow, open_driver
 from .errors import ConfigError
-from .session import create_engine
 from .settings import Settings
-from .store import AdminQueries, JobRow, Store
 from .wire import State, decode_json
 
 __all__ = ["add_admin_commands", "parse_age", "run_admin"]
@@ -78,16 +77,16 @@ def run_admin(ns: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run(ns: argparse.Namespace, settings: Settings) -> int:
-    engine = create_engine(settings.broker, pool_size=1)
+    driver = open_driver(settings.broker, pool_size=1)
     try:
-        store = Store(engine)
-        await store.ensure_schema()
-        admin = AdminQueries(store)
+        await driver.ensure_schema()
+        admin = driver
+        store = driver
         if ns.command == "status":
             return await _status(admin, settings, ns.json)
         action = ns.jobs_command
         if action == "list":
-            rows = await admin.list_jobs(state=ns.state, queue=ns.queue, name=ns.name, limit=ns.limit)
+            rows = await admin.list_jobs(JobFilter(state=ns.state, queue=ns.queue, name=ns.name), limit=ns.limit)
             _print_rows(rows, ns.json)
         elif action == "show":
             row = await store.get(ns.id)
@@ -99,8 +98,8 @@ async def _run(ns: argparse.Namespace, settings: Settings) -> int:
             return await _retry(admin, ns)
         elif action == "cancel":
             outcome = await store.cancel(ns.id)
-            print(f"job {ns.id}: {outcome}" if outcome else f"job {ns.id} is not queued or running; nothing to cancel")
-            return 0 if outcome else 1
+            print(_CANCEL_MESSAGES[outcome].format(id=ns.id))
+            return 0 if outcome in (CancelResult.CANCELLED, CancelResult.REQUESTED) else 1
         elif action == "purge":
             before = time.time() - parse_age(ns.older_than)
             total = 0
@@ -110,10 +109,18 @@ async def _run(ns: argparse.Namespace, settings: Settings) -> int:
             print(f"purged {total} {ns.state} jobs older than {ns.older_than}")
         return 0
     finally:
-        await engine.dispose()
+        await driver.dispose()
 
 
-async def _status(admin: AdminQueries, settings: Settings, as_json: bool) -> int:
+_CANCEL_MESSAGES = {
+    CancelResult.CANCELLED: "job {id} cancelled (it had not started)",
+    CancelResult.REQUESTED: "job {id} is running: cancel requested; its worker stops it within a second and rolls its session back",
+    CancelResult.FINISHED: "job {id} had already finished; nothing to cancel",
+    CancelResult.NOT_FOUND: "no job {id}",
+}
+
+
+async def _status(admin: Driver, settings: Settings, as_json: bool) -> int:
     now = time.time()
     stats = await admin.stats()
     workers = await admin.workers(now - 3 * settings.lease_ttl)
@@ -121,7 +128,7 @@ async def _status(admin: AdminQueries, settings: Settings, as_json: bool) -> int
     if as_json:
         print(json.dumps({
             "counts": [{"queue": q, "state": s, "count": n} for q, s, n in stats],
-            "workers": [{"owner": w[0], "node": w[1], "pid": w[2], "queues": w[3], "seen_at": w[5], "done": w[6]} for w in workers],
+            "workers": [{"owner": w.owner, "node": w.node, "pid": w.pid, "queues": w.queues, "seen_at": w.seen_at, "done": w.done} for w in workers],
             "jobs_per_second_last_minute": round(rate, 2),
         }))  # fmt: skip
         return 0
@@ -130,12 +137,12 @@ async def _status(admin: AdminQueries, settings: Settings, as_json: bool) -> int
     table = [[q, *[str(next((n for qq, s, n in stats if qq == q and s == st), 0)) for st in State.ALL]] for q in queues]
     _table(header, table)
     print()
-    _table(["worker", "pid", "queues", "jobs done", "seen"], [[w[0], str(w[2]), w[3], str(w[6]), f"{now - w[5]:.0f}s ago"] for w in workers])
+    _table(["worker", "pid", "queues", "jobs done", "seen"], [[w.owner, str(w.pid), w.queues, str(w.done), f"{now - w.seen_at:.0f}s ago"] for w in workers])
     print(f"\n{rate:.1f} jobs/s finished over the last minute")
     return 0
 
 
-async def _retry(admin: AdminQueries, ns: argparse.Namespace) -> int:
+async def _retry(admin: Driver, ns: argparse.Namespace) -> int:
     if ns.id is not None:
         ok = await admin.retry_one(ns.id)
         print(f"job {ns.id} re-queued" if ok else f"job {ns.id} is not failed, cancelled or expired")
@@ -163,7 +170,7 @@ def _when(ts: float | None) -> str:
 
 def _as_dict(row: JobRow) -> dict[str, Any]:
     data = dict(vars(row))
-    for column in ("args", "kwargs", "result", "error", "progress", "meta"):
+    for column in ("args", "kwargs", "result", "error", "progress", "meta", "callbacks", "attempts"):
         try:
             data[column] = decode_json(data[column]) if data[column] else data[column]
         except Exception:
@@ -186,7 +193,7 @@ def _print_job(row: JobRow, as_json: bool) -> None:
     if as_json:
         print(json.dumps(data))
         return
-    for key in ("id", "name", "queue", "priority", "state", "attempt", "max_attempts", "lost", "key", "parent_id", "root_id", "lease_owner"):
+    for key in ("id", "name", "queue", "priority", "state", "attempt", "max_attempts", "lost", "key", "parent_id", "root_id", "lease_owner", "timeout", "hard_timeout"):
         print(f"{key:>13}: {data[key]}")
     print(f"{'args':>13}: {json.dumps(data['args'])}")
     print(f"{'kwargs':>13}: {json.dumps(data['kwargs'])}")
@@ -206,3 +213,24 @@ def _print_job(row: JobRow, as_json: bool) -> None:
                 print(error["traceback"].rstrip())
         else:
             print(f"{'error':>13}: {error}")
+    _print_history(data.get("attempts"))
+
+
+def _print_history(history: Any) -> None:
+    """The job's attempts, oldest first: who ran each, when, for how long, and how it ended."""
+    if not isinstance(history, list) or not history:
+        return
+    print(f"{'attempts':>13}:")
+    rows = []
+    for record in history:
+        if not isinstance(record, dict):
+            continue
+        error = record.get("error") or {}
+        first_line = (str(error.get("message", "")).splitlines() or [""])[0][:120]
+        took = (record.get("finished_at") or 0) - (record.get("started_at") or 0)
+        rows.append([
+            str(record.get("attempt", "")), str(record.get("worker", "")), _when(record.get("started_at")),
+            f"{took * 1000:.1f} ms" if took >= 0 else "-", str(record.get("outcome", "")),
+            f"{error.get('type')}: {first_line}" if error else str(record.get("note", "")),
+        ])  # fmt: skip
+    _table(["#", "worker", "started", "took", "outcome", "error / note"], rows)

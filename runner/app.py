@@ -2,7 +2,8 @@
 
 An App is inert data: building one, or decorating a job, touches no loop, engine or signal, so a
 module that defines jobs can be imported by a producer, the supervisor (before forking) and every
-worker alike. Enqueueing lives in ``client.py``; running one lives in ``run_job.py``.
+worker alike. Enqueueing goes through ``client.py`` (which knows nothing of apps); running a job
+lives in ``run_job.py``; what happens to an attempt, in ``decide.py``.
 """
 
 from __future__ import annotations
@@ -10,21 +11,26 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import inspect
-import random
+import math
+import time
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .client import Client, JobHandle
 from .errors import ArgumentsError, ConfigError, UnknownJob
+from .gc_pause import paused_gc
+from .policy import INT32_MAX, Backoff, Policy
+from .schedules import Periodic, parse_schedule
 from .settings import check_url
-from .wire import Envelope
+from .wire import Callbacks, ChildSpec, Envelope
 
-__all__ = ["App", "Call", "Context", "JobDef", "JobOptions", "Lifespan", "WorkerInfo"]
+__all__ = ["App", "BoundOptions", "Call", "Context", "JobDef", "JobOptions", "Lifespan", "WorkerInfo"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -48,7 +54,7 @@ class Context:
     """Injected into a job that declares a parameter annotated ``Context``: who it is, and a
     channel back to the queue (progress) while it runs."""
 
-    __slots__ = ("job_id", "name", "attempt", "max_attempts", "queue", "parent_id", "root_id", "meta", "_progress")
+    __slots__ = ("_progress", "attempt", "job_id", "max_attempts", "meta", "name", "parent_id", "queue", "root_id")
 
     def __init__(
         self,
@@ -73,31 +79,18 @@ class Context:
         self._progress = progress
 
     async def progress(self, value: Any) -> None:
-        """Record a small JSON value that producers and ``runner jobs show`` can read."""
+        """Record a small JSON value that producers and ``runner jobs show`` can read at once."""
         if self._progress is not None:
             await self._progress(value)
 
 
 @dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with a cap and equal jitter: half fixed, half random."""
-
-    base: float = 1.0
-    cap: float = 300.0
-    jitter: bool = True
-
-    def delay(self, attempt: int) -> float:
-        raw = min(self.cap, self.base * (2 ** max(0, attempt - 1)))
-        return raw / 2 + random.uniform(0, raw / 2) if self.jitter else raw
-
-
-@dataclass(frozen=True)
 class JobOptions:
-    """Per-call options; ``None`` means "the job's default"."""
+    """Per-call options; ``None`` means "the job's default". Checked by ``Call.envelope``."""
 
     queue: str | None = None
     priority: int | None = None
-    countdown: float | None = None
+    countdown: float | timedelta | None = None
     eta: datetime | float | None = None
     expires: float | datetime | timedelta | None = None
     key: str | None = None
@@ -109,89 +102,134 @@ class JobOptions:
     root_id: int | None = None
     meta: dict[str, Any] | None = None
     session: AsyncSession | None = None  # enqueue inside the caller's transaction
-    on_success: Call | Sequence[Call] | None = None  # enqueued when this job succeeds, result first
-    on_failure: Call | Sequence[Call] | None = None  # enqueued when it fails for good, its id first
+    on_success: Call | ChildSpec | Sequence[Call | ChildSpec] | None = None  # enqueued when it succeeds, result first
+    on_failure: Call | ChildSpec | Sequence[Call | ChildSpec] | None = None  # enqueued when it fails for good, its id first
     immutable: bool = False  # when this call is chained: do not prepend the parent's result
 
 
-def _epoch(value: datetime | float | None, now: float) -> float | None:
-    if value is None:
-        return None
+OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(JobOptions))
+
+
+def _bad(option: str, value: Any, accepted: str) -> ArgumentsError:
+    return ArgumentsError(f"option {option}={value!r} is not valid; accepted: {accepted}")
+
+
+def _number(option: str, value: Any, *, minimum: float = 0.0, strict: bool = False) -> float:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _bad(option, value, "a finite number of seconds" + ("" if not strict else " greater than 0"))
+    if value < minimum or (strict and value <= minimum):
+        raise _bad(option, value, f"a number of seconds {'greater than' if strict else 'of at least'} {minimum:g}")
+    return float(value)
+
+
+def _instant(option: str, value: Any) -> float:
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            raise ArgumentsError("eta/expires datetimes must be timezone-aware (e.g. datetime.now(UTC))")
+            raise _bad(option, value, "a timezone-aware datetime (e.g. datetime.now(UTC) + ...), or epoch seconds")
         return value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _bad(option, value, "a timezone-aware datetime, or epoch seconds (a finite number)")
     return float(value)
+
+
+def _text(option: str, value: Any) -> str:
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise _bad(option, value, "a non-empty str without NUL characters")
+    return value
+
+
+def _int(option: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _bad(option, value, f"an int from {low} to {high}")
+    return value
 
 
 @dataclass(frozen=True)
 class Call:
     """A job plus its arguments and options, ready to become an Envelope (one row)."""
 
-    job: JobDef
+    job: JobDef[Any, Any]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     options: JobOptions = JobOptions()
 
-    def envelope(self, now: float) -> Envelope:
+    def envelope(self, now: float, *, check_arguments: bool = True) -> Envelope:
+        """The row this call writes. Every option is checked here, the same way for every
+        database, so a bad one is an ``ArgumentsError`` naming it and what is accepted."""
         job, opts = self.job, self.options
-        job.check_arguments(self.args, self.kwargs)
-        run_at = _epoch(opts.eta, now)
+        if check_arguments:
+            job.check_arguments(self.args, self.kwargs)
+        run_at = None
+        if opts.eta is not None:
+            run_at = _instant("eta", opts.eta)
         if opts.countdown is not None:
-            run_at = now + float(opts.countdown)
+            run_at = now + _number("countdown", opts.countdown)
         expires = opts.expires if opts.expires is not None else job.expires
-        if isinstance(expires, timedelta):
-            expires_at: float | None = now + expires.total_seconds()
-        elif isinstance(expires, (int, float)):
-            expires_at = now + float(expires)
-        else:
-            expires_at = _epoch(expires, now)
+        expires_at = None
+        if isinstance(expires, datetime):
+            expires_at = _instant("expires", expires)
+        elif expires is not None:
+            expires_at = now + _number("expires", expires, strict=True)
         return Envelope(
             name=job.name,
             args=list(self.args),
             kwargs=self.kwargs,
-            queue=opts.queue or job.queue,
-            priority=job.priority if opts.priority is None else opts.priority,
-            max_attempts=opts.max_attempts or job.max_attempts,
+            queue=job.queue if opts.queue is None else _text("queue", opts.queue),
+            priority=job.priority if opts.priority is None else _int("priority", opts.priority, -(2**31), INT32_MAX),
+            max_attempts=None if opts.max_attempts is None else _int("max_attempts", opts.max_attempts, 1, INT32_MAX),
             run_at=run_at,
             expires_at=expires_at,
-            key=opts.key,
-            key_ttl=opts.key_ttl.total_seconds() if isinstance(opts.key_ttl, timedelta) else opts.key_ttl,
-            parent_id=opts.parent_id,
-            root_id=opts.root_id,
+            key=None if opts.key is None else _text("key", opts.key),
+            key_ttl=None if opts.key_ttl is None else _number("key_ttl", opts.key_ttl),
+            timeout=None if opts.timeout is None else _number("timeout", opts.timeout, strict=True),
+            hard_timeout=None if opts.hard_timeout is None else _number("hard_timeout", opts.hard_timeout, strict=True),
+            parent_id=None if opts.parent_id is None else _int("parent_id", opts.parent_id, -(2**63) + 1, 2**63 - 1),
+            root_id=None if opts.root_id is None else _int("root_id", opts.root_id, -(2**63) + 1, 2**63 - 1),
             meta=self._meta(),
+            callbacks=self._callbacks(),
         )
 
     def _meta(self) -> dict[str, Any] | None:
-        opts = self.options
-        if opts.on_success is None and opts.on_failure is None and opts.timeout is None and opts.hard_timeout is None:
-            return opts.meta
-        meta = dict(opts.meta or {})
-        for key, limit in (("timeout", opts.timeout), ("hard_timeout", opts.hard_timeout)):
-            if limit is not None:
-                if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0:
-                    raise ArgumentsError(f"{key} must be a positive number of seconds, got {limit!r}")
-                meta[key] = float(limit)
-        for key, calls in (("on_success", opts.on_success), ("on_failure", opts.on_failure)):
-            if calls is not None:
-                meta[key] = [c.chained() for c in ([calls] if isinstance(calls, Call) else calls)]
+        meta = self.options.meta
+        if meta is not None and not isinstance(meta, dict):
+            raise _bad("meta", meta, "a dict of JSON values, or None")
         return meta
 
-    def chained(self) -> dict[str, Any]:
-        """This call as a chained-job spec in its parent's meta. Its arguments are checked when it
+    def _callbacks(self) -> Callbacks | None:
+        success = _specs("on_success", self.options.on_success)
+        failure = _specs("on_failure", self.options.on_failure)
+        return Callbacks(on_success=success, on_failure=failure) if success or failure else None
+
+    def chained(self) -> ChildSpec:
+        """This call as a chained job in its parent's row. Its arguments are checked when it
         runs, since the parent's result is prepended to them then."""
-        opts = self.options
-        return {
-            "name": self.job.name,
-            "args": list(self.args),
-            "kwargs": self.kwargs,
-            "queue": opts.queue or self.job.queue,
-            "priority": self.job.priority if opts.priority is None else opts.priority,
-            "max_attempts": opts.max_attempts,
-            "key": opts.key,
-            "meta": self._meta(),
-            "immutable": opts.immutable,
-        }
+        env = self.envelope(0.0, check_arguments=False)
+        callbacks = env.callbacks or Callbacks()
+        return ChildSpec(
+            name=env.name, args=env.args, kwargs=env.kwargs, queue=env.queue, priority=env.priority,
+            max_attempts=env.max_attempts, key=env.key, timeout=env.timeout, hard_timeout=env.hard_timeout,
+            meta=env.meta, immutable=bool(self.options.immutable), on_success=callbacks.on_success,
+            on_failure=callbacks.on_failure,
+        )  # fmt: skip
+
+
+def _specs(option: str, value: Any) -> tuple[ChildSpec, ...]:
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, (Call, ChildSpec)) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, (Call, ChildSpec)) for i in items):
+        raise _bad(option, value, "a job.call(...) (or job.options(...).call(...)), a ChildSpec, or a list of them")
+    specs = tuple(i.chained() if isinstance(i, Call) else i for i in items)
+    try:  # a hand-built ChildSpec is checked as strictly as a worker will decode it
+        return _SPECS.decode(_SPEC_ENCODER.encode(specs))
+    except (msgspec.ValidationError, msgspec.EncodeError, TypeError) as exc:
+        raise _bad(option, value, f"chained jobs that fit ChildSpec ({exc})") from None
+
+
+_SPECS = msgspec.json.Decoder(tuple[ChildSpec, ...])
+_SPEC_ENCODER = msgspec.json.Encoder()
 
 
 class JobDef(Generic[P, R]):
@@ -205,28 +243,23 @@ class JobDef(Generic[P, R]):
         name: str,
         queue: str,
         priority: int = 0,
-        retries: int = 0,
-        retry_on: Sequence[type[BaseException]] = (Exception,),
-        backoff: Backoff = Backoff(),
+        policy: Policy = Policy(),
         timeout: float | None = None,
         hard_timeout: float | None = None,
         expires: float | timedelta | None = None,
-        ignore_result: bool = False,
     ) -> None:
         self.app = app
         self.fn = fn
         self.name = name
         self.queue = queue
         self.priority = priority
-        self.max_attempts = retries + 1
-        self.retry_on = tuple(retry_on)
-        self.backoff = backoff
+        self.policy = policy
         self.timeout = timeout
         self.hard_timeout = hard_timeout
         self.expires = expires
-        self.ignore_result = ignore_result
         self.is_async = inspect.iscoroutinefunction(fn)
         self.session_param, self.context_param, self.signature, self._types = _inspect(fn)
+        self.injected = frozenset(p for p in (self.session_param, self.context_param) if p)
         self._takes_nothing = not self.signature.parameters
         self._empty_bound = self.signature.bind() if self._takes_nothing else None
         if self.session_param and not self.is_async:
@@ -242,6 +275,10 @@ class JobDef(Generic[P, R]):
         """Call the function inline, as if it were not a job (useful in tests)."""
         return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
 
+    @property
+    def max_attempts(self) -> int:
+        return self.policy.max_attempts
+
     # -- arguments -----------------------------------------------------------------------------
 
     def check_arguments(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
@@ -250,7 +287,13 @@ class JobDef(Generic[P, R]):
 
     def bind(self, args: Sequence[Any], kwargs: dict[str, Any]) -> inspect.BoundArguments:
         if not args and not kwargs and self._takes_nothing:
-            return self._empty_bound
+            return self._empty_bound  # type: ignore[return-value]
+        taken = self.injected.intersection(kwargs)
+        if taken:
+            raise ArgumentsError(
+                f"arguments do not match {self.name}{self.signature}: keyword argument {sorted(taken)[0]!r} names a "
+                "parameter runner injects (the session or the context); it cannot be passed as an argument"
+            )
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -264,28 +307,27 @@ class JobDef(Generic[P, R]):
                 bound.arguments[pname] = getattr(converted, pname)
         return bound
 
-    # -- enqueueing (implemented in client.py) ---------------------------------------------------
+    # -- enqueueing ------------------------------------------------------------------------------
 
     def call(self, *args: P.args, **kwargs: P.kwargs) -> Call:
         return Call(self, tuple(args), dict(kwargs))
 
     def options(self, **options: Any) -> BoundOptions[P, R]:
         """Per-call options: queue, priority, countdown, eta, expires, key, key_ttl, max_attempts,
-        timeout, hard_timeout, meta, parent_id, root_id, session (enqueue in the caller's transaction), on_success /
-        on_failure (calls to enqueue after this one), immutable (take no parent result)."""
-        try:
-            return BoundOptions(self, JobOptions(**options))
-        except TypeError:
-            accepted = ", ".join(JobOptions.__dataclass_fields__)
-            raise ArgumentsError(f"unknown option in {sorted(options)}; accepted: {accepted}") from None
+        timeout, hard_timeout, meta, parent_id, root_id, session (enqueue in the caller's
+        transaction), on_success / on_failure (calls to enqueue after this one), immutable."""
+        unknown = sorted(set(options) - set(OPTION_NAMES))
+        if unknown:
+            raise ArgumentsError(f"unknown option {unknown[0]!r} (of {sorted(options)}); accepted: {', '.join(OPTION_NAMES)}")
+        return BoundOptions(self, JobOptions(**options))
 
-    def defer(self, *args: P.args, **kwargs: P.kwargs) -> Any:
-        """Enqueue from sync code; returns a ``JobHandle``."""
-        return self.app.client.defer(self.call(*args, **kwargs))
+    def defer(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
+        """Enqueue from sync code."""
+        return self.app.defer(self.call(*args, **kwargs))
 
-    async def defer_async(self, *args: P.args, **kwargs: P.kwargs) -> Any:
-        """Enqueue from async code; returns a ``JobHandle``."""
-        return await self.app.client.defer_async(self.call(*args, **kwargs))
+    async def defer_async(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
+        """Enqueue from async code."""
+        return await self.app.defer_async(self.call(*args, **kwargs))
 
 
 class BoundOptions(Generic[P, R]):
@@ -298,11 +340,11 @@ class BoundOptions(Generic[P, R]):
     def call(self, *args: P.args, **kwargs: P.kwargs) -> Call:
         return Call(self.job, tuple(args), dict(kwargs), self._options)
 
-    def defer(self, *args: P.args, **kwargs: P.kwargs) -> Any:
-        return self.job.app.client.defer(self.call(*args, **kwargs))
+    def defer(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
+        return self.job.app.defer(self.call(*args, **kwargs))
 
-    async def defer_async(self, *args: P.args, **kwargs: P.kwargs) -> Any:
-        return await self.job.app.client.defer_async(self.call(*args, **kwargs))
+    async def defer_async(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
+        return await self.job.app.defer_async(self.call(*args, **kwargs))
 
 
 def _inspect(fn: Callable[..., Any]) -> tuple[str | None, str | None, inspect.Signature, type | None]:
@@ -326,7 +368,7 @@ def _inspect(fn: Callable[..., Any]) -> tuple[str | None, str | None, inspect.Si
     args_sig = sig.replace(parameters=params, return_annotation=inspect.Signature.empty)
     if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
         return session_param, context_param, args_sig, None
-    fields: list[tuple[Any, ...]] = []
+    struct_fields: list[tuple[Any, ...]] = []
     for param in params:
         hint = hints.get(param.name, Any)
         try:
@@ -334,11 +376,11 @@ def _inspect(fn: Callable[..., Any]) -> tuple[str | None, str | None, inspect.Si
         except Exception:  # a type msgspec cannot check: accept any JSON value
             hint = Any
         if param.default is inspect.Parameter.empty:
-            fields.append((param.name, hint))
+            struct_fields.append((param.name, hint))
         else:
-            fields.append((param.name, hint, param.default))
+            struct_fields.append((param.name, hint, param.default))
     # Required fields must precede defaulted ones in a Struct; kw_only lifts that rule.
-    types = msgspec.defstruct(f"{getattr(fn, '__name__', 'job')}_args", fields, kw_only=True) if fields else None
+    types = msgspec.defstruct(f"{getattr(fn, '__name__', 'job')}_args", struct_fields, kw_only=True) if struct_fields else None
     return session_param, context_param, args_sig, types
 
 
@@ -346,7 +388,8 @@ class App:
     """A set of jobs and the defaults they run with.
 
     :param name: shown in logs.
-    :param broker: queue database URL; the CLI's ``--broker``/``RUNNER_BROKER`` win when serving.
+    :param broker: queue database URL; ``RUNNER_BROKER`` (and for ``runner serve``, ``--broker``)
+        wins over it; ``configure(broker=...)`` wins over both.
     :param database: the jobs' database URL if different from the broker (exactly-once then off).
     :param routes: ``{"glob of job names": "queue"}``, checked in order, over each job's default.
     """
@@ -369,18 +412,18 @@ class App:
         self.max_payload = max_payload
         self.jobs: dict[str, JobDef[Any, Any]] = {}
         self.lifespans: list[Lifespan] = []
-        self.schedules: list[Any] = []  # Periodic entries (scheduler.py)
-        self._client: Any = None
+        self.schedules: list[Periodic] = []
+        self.configured_broker: str | None = None
+        self._client: Client | None = None
 
     def __repr__(self) -> str:
         return f"<App {self.name} jobs={len(self.jobs)}>"
 
-    def configure(
-        self, *, broker: str | None = None, database: str | None = None, max_payload: int | None = None
-    ) -> None:
-        """Point producers at a database; drops the client so the next enqueue reconnects."""
+    def configure(self, *, broker: str | None = None, database: str | None = None, max_payload: int | None = None) -> None:
+        """Point producers at a database (over ``RUNNER_BROKER`` and the constructor's); drops
+        the client so the next enqueue reconnects."""
         if broker is not None:
-            self.broker = check_url(broker)
+            self.configured_broker = check_url(broker)
         if database is not None:
             self.database = check_url(database, "database")
         if max_payload is not None:
@@ -390,11 +433,10 @@ class App:
             self._client = None
 
     @property
-    def client(self) -> Any:
+    def client(self) -> Client:
+        """The producer for this app's queue (one per process; cheap until first used)."""
         if self._client is None:
-            from .client import Client
-
-            self._client = Client(self)
+            self._client = Client(configured=self.configured_broker, default=self.broker, max_payload=self.max_payload)
         return self._client
 
     def job(
@@ -421,25 +463,24 @@ class App:
         :param hard_timeout: the supervisor kills the worker past this (for code that ignores
             cancellation); the job is then retried or failed by its policy.
         """
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries < INT32_MAX:
+            raise ConfigError(f"retries={retries!r}: accepted: an int from 0 to {INT32_MAX - 1}")
+        for what, limit in (("timeout", timeout), ("hard_timeout", hard_timeout)):
+            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0):
+                raise ConfigError(f"{what}={limit!r}: accepted: a number of seconds greater than 0, or None")
+        policy = Policy(
+            max_attempts=retries + 1, retry_on=tuple(retry_on), backoff=Backoff(backoff, backoff_max, jitter),
+            ignore_result=ignore_result,
+        )  # fmt: skip
 
         def register(func: Callable[..., Any]) -> JobDef[Any, Any]:
             job_name = name or f"{func.__module__}.{func.__qualname__}"
             if job_name in self.jobs and self.jobs[job_name].fn is not func:
                 raise ConfigError(f"two jobs are named {job_name!r}; give one of them name=...")
             definition: JobDef[Any, Any] = JobDef(
-                self,
-                func,
-                name=job_name,
-                queue=queue or self.route(job_name),
-                priority=priority,
-                retries=retries,
-                retry_on=retry_on,
-                backoff=Backoff(backoff, backoff_max, jitter),
-                timeout=timeout,
-                hard_timeout=hard_timeout,
-                expires=expires,
-                ignore_result=ignore_result,
-            )
+                self, func, name=job_name, queue=queue or self.route(job_name), priority=priority, policy=policy,
+                timeout=timeout, hard_timeout=hard_timeout, expires=expires,
+            )  # fmt: skip
             self.jobs[job_name] = definition
             return definition
 
@@ -464,8 +505,6 @@ class App:
         ``missed="once"`` runs one catch-up after downtime, ``"skip"`` drops missed times.
         ``options`` are per-call options (queue, priority, expires, max_attempts).
         """
-        from .scheduler import Periodic, parse_schedule
-
         schedule = parse_schedule(cron, every, tz)
 
         def register(target: Any) -> Any:
@@ -473,9 +512,8 @@ class App:
             entry_name = name or job.name
             if any(p.name == entry_name for p in self.schedules):
                 raise ConfigError(f"two periodic entries are named {entry_name!r}; give one of them name=...")
-            self.schedules.append(
-                Periodic(entry_name, job, schedule, tuple(args), dict(kwargs or {}), missed, dict(options))  # type: ignore[arg-type]
-            )
+            job.options(**options)  # unknown options fail here, at import
+            self.schedules.append(Periodic(entry_name, job, schedule, tuple(args), dict(kwargs or {}), missed, dict(options)))  # type: ignore[arg-type]
             return job
 
         return register
@@ -492,6 +530,11 @@ class App:
         except KeyError:
             known = ", ".join(sorted(self.jobs)) or "(none)"
             raise UnknownJob(f"unknown job {name!r}; registered jobs: {known}") from None
+
+    def queues(self) -> tuple[str, ...]:
+        """Every queue the app's jobs and routes name, the default one first."""
+        named = {job.queue for job in self.jobs.values()} | set(self.routes.values())
+        return (self.default_queue, *sorted(named - {self.default_queue}))
 
     def lifespan(self, factory: Lifespan) -> Lifespan:
         """Register an async context manager entered once per worker process, inside its loop,
@@ -517,16 +560,36 @@ class App:
         self.lifespans.append(hook)
         return fn
 
-    # -- bulk enqueue --------------------------------------------------------------------------
+    # -- enqueue -----------------------------------------------------------------------------------
 
-    def defer_many(self, calls: Iterable[Call], *, session: AsyncSession | None = None) -> list[Any]:
-        return self.client.defer_many(list(calls))
+    def defer(self, call: Call) -> JobHandle:
+        """Enqueue one call from sync code."""
+        return self.defer_many([call], session=None)[0]
 
-    async def defer_many_async(self, calls: Iterable[Call], *, session: AsyncSession | None = None) -> list[Any]:
-        return await self.client.defer_many_async(list(calls), session=session)
+    async def defer_async(self, call: Call) -> JobHandle:
+        """Enqueue one call from async code (in ``call.options.session``'s transaction if set)."""
+        return (await self.defer_many_async([call], session=call.options.session))[0]
 
-    def handle(self, job_id: int) -> Any:
+    def defer_many(self, calls: Iterable[Call], *, session: AsyncSession | None = None) -> list[JobHandle]:
+        """Enqueue many calls in one statement from sync code. A session (an ``AsyncSession``)
+        needs the async API: its transaction lives on your event loop."""
+        calls = list(calls)
+        if session is not None or any(c.options.session is not None for c in calls):
+            raise ArgumentsError("session= needs the async API (await app.defer_many_async(calls, session=...)): an AsyncSession's transaction lives on your event loop")
+        return self.client.run_sync(self.defer_many_async, calls)
+
+    async def defer_many_async(self, calls: Iterable[Call], *, session: AsyncSession | None = None) -> list[JobHandle]:
+        """Enqueue many calls in one statement; with ``session`` (or a call's own
+        ``options(session=...)``), inside that transaction: the rows exist iff it commits."""
+        calls = list(calls)
+        if not calls:
+            return []
+        session = session or next((c.options.session for c in calls if c.options.session is not None), None)
+        now = time.time()
+        with paused_gc():
+            envelopes = [c.envelope(now) for c in calls]
+        return await self.client.enqueue(envelopes, session=session)
+
+    def handle(self, job_id: int) -> JobHandle:
         """A handle for an existing job id (to wait on it, read its state, cancel it)."""
-        from .client import JobHandle
-
-        return JobHandle(self, int(job_id))
+        return JobHandle(self.client, int(job_id))

@@ -129,15 +129,14 @@ def _dispatch(ns: argparse.Namespace) -> int:
 def _migrate(settings: Settings) -> int:
     import anyio
 
-    from .session import create_engine
-    from .store import Store
+    from .drivers import open_driver
 
     async def run() -> tuple[int, int]:
-        engine = create_engine(settings.broker, pool_size=1)
+        driver = open_driver(settings.broker, pool_size=1)
         try:
-            return await Store(engine).migrate()
+            return await driver.migrate()
         finally:
-            await engine.dispose()
+            await driver.dispose()
 
     before, after = anyio.run(run)
     print(f"queue schema at version {after}" + (f" (was {before})" if before != after else " (already current)"))

@@ -1,9 +1,13 @@
 """The producer side: enqueue (single, bulk, transactional) and handles to wait on results.
 
-A process that only produces never runs a worker, yet needs an engine. An engine belongs to the
-event loop it was used on, so the client keeps one store per running loop (async callers) and,
-for sync callers, runs a private loop in one background thread (anyio's blocking portal). Inside a
-worker the client reuses the worker's own store, so jobs that enqueue jobs open no new pool.
+A process that only produces never runs a worker, yet needs an engine, and an engine belongs to
+the event loop it was used on. So the client keeps one driver per running loop (async callers)
+and, for sync callers, runs a private loop in a daemon thread. Each loop's driver is disposed on
+that loop when the loop shuts down (an async generator the loop finalises), so a script that
+mixes ``defer()`` and ``await defer_async()`` exits silently. Inside a worker the client uses the
+worker's own driver, so jobs that enqueue jobs open no new pool.
+
+This module knows nothing of apps: it writes envelopes and reads rows.
 """
 
 from __future__ import annotations
@@ -14,102 +18,120 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, TypeVar
 
 import anyio
 import anyio.from_thread
+import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .app import App, Call
+from .drivers import CancelResult, Driver, JobRow, open_driver
 from .errors import JobCancelled, JobExpired, JobFailed, ResultTimeout, RunnerError
 from .gc_pause import paused_gc
-from .schema import SCHEMA_VERSION, migrate, schema_version
-from .session import create_engine
-from .store import JobRow, Store
-from .wire import ErrorInfo, State, decode_json
+from .settings import Settings
+from .wire import AttemptRecord, Envelope, ErrorInfo, State, decode_json
 
-__all__ = ["Client", "JobHandle"]
+__all__ = ["CancelResult", "Client", "JobHandle", "JobInfo", "in_worker_thread", "outcome_of", "worker_thread"]
 
-DEFAULT_BROKER = "sqlite:///runner.db"
+T = TypeVar("T")
+
+DEFAULT_BROKER: Final = "sqlite:///runner.db"
+
+_thread = threading.local()
+
+
+def worker_thread(token: Any) -> None:
+    """Mark the current thread as a worker's job thread, bound to the loop of ``token``
+    (``anyio.lowlevel.current_token()``); ``None`` clears the mark. The sync API then runs on
+    the worker's own loop instead of a private one."""
+    _thread.token = token
+
+
+def in_worker_thread() -> Any:
+    return getattr(_thread, "token", None)
 
 
 class Client:
-    """Enqueues for one App. Create via ``app.client``; cheap until first used."""
+    """Enqueues into one queue database. Create via ``app.client``; cheap until first used.
 
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self._stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Store] = weakref.WeakKeyDictionary()
-        self._bound: Store | None = None
+    :param configured: a URL set by ``app.configure(broker=...)``: wins over everything.
+    :param default: the App's constructor URL: ``RUNNER_BROKER`` wins over it.
+    """
+
+    def __init__(self, *, configured: str | None = None, default: str | None = None, max_payload: int = 1 << 20) -> None:
+        self._configured = configured
+        self._default = default
+        self.max_payload = max_payload
+        self._drivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Driver] = weakref.WeakKeyDictionary()
+        self._guards: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        self._session_drivers: weakref.WeakKeyDictionary[Any, Driver] = weakref.WeakKeyDictionary()
+        self._bound: Driver | None = None
         self._portal: _BackgroundLoop | None = None
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
-    def bind_store(self, store: Store | None) -> None:
-        """Use ``store`` for every enqueue in this process (the worker calls this)."""
-        self._bound = store
-
-    @property
-    def bound_store(self) -> Store | None:
-        return self._bound
-
     @property
     def url(self) -> str:
-        return self.app.broker or os.environ.get("RUNNER_BROKER") or DEFAULT_BROKER
+        return self._configured or Settings.env_broker() or self._default or DEFAULT_BROKER
 
-    async def store(self) -> Store:
+    def bind(self, driver: Driver | None) -> None:
+        """Use ``driver`` for every enqueue in this process (the worker calls this)."""
+        self._bound = driver
+
+    @property
+    def bound(self) -> Driver | None:
+        return self._bound
+
+    async def driver(self) -> Driver:
+        """The driver for the running loop (created on first use, disposed when the loop ends)."""
         if self._bound is not None:
             return self._bound
         loop = asyncio.get_running_loop()
-        store = self._stores.get(loop)
-        if store is None:
-            engine = create_engine(self.url, pool_size=10, max_overflow=10, pre_ping=False)
-            store = Store(engine, max_payload=self.app.max_payload)
-            await store.ensure_schema()
-            self._stores[loop] = store
-        return store
+        driver = self._drivers.get(loop)
+        if driver is None:
+            # Made and stored before the first await: concurrent first callers share it.
+            driver = self._drivers[loop] = open_driver(self.url, pool_size=10, max_overflow=10, max_payload=self.max_payload)
+            guard = _dispose_at_loop_end(driver)
+            await guard.asend(None)
+            self._guards[loop] = guard
+        await driver.ensure_schema()
+        return driver
 
     # -- async API ----------------------------------------------------------------------------
 
-    async def defer_async(self, call: Call) -> JobHandle:
-        return (await self.defer_many_async([call], session=call.options.session))[0]
-
-    async def defer_many_async(self, calls: Sequence[Call], *, session: AsyncSession | None = None) -> list[JobHandle]:
-        if not calls:
-            return []
-        now = time.time()
-        with paused_gc():
-            envelopes = [c.envelope(now) for c in calls]
-        session = session or calls[0].options.session
+    async def enqueue(self, envelopes: Sequence[Envelope], *, session: AsyncSession | None = None) -> list[JobHandle]:
+        """Write ``envelopes``; with ``session``, inside its transaction (the rows exist iff it
+        commits; the session must be on the queue database)."""
         if session is not None:
-            # Transactional enqueue: the rows exist if and only if the caller's transaction
-            # commits. Everything goes through the session's own connection: on SQLite a second
-            # connection would wait forever on the write lock that this transaction holds.
+            # Everything goes through the session's own connection: on SQLite a second
+            # connection would wait forever on the write lock this transaction holds.
             conn = await session.connection()
-            if await schema_version(conn) < SCHEMA_VERSION:
-                await migrate(conn)
-            store = Store(conn.engine, max_payload=self.app.max_payload)
-            ids = await store.enqueue(envelopes, conn, now=now)
+            driver = self._session_driver(conn.engine)
+            await driver.ensure_schema_in(conn)
+            ids = await driver.enqueue(envelopes, conn)
         else:
-            ids = await (await self.store()).enqueue(envelopes, now=now)
+            ids = await (await self.driver()).enqueue(envelopes)
         with paused_gc():
-            return [JobHandle(self.app, job_id) for job_id in ids]
+            return [JobHandle(self, job_id, transactional=session is not None) for job_id in ids]
+
+    def _session_driver(self, engine: Any) -> Driver:
+        driver = self._session_drivers.get(engine)
+        if driver is None:
+            url = engine.url.render_as_string(hide_password=False)
+            driver = self._session_drivers[engine] = open_driver(url, engine=engine, max_payload=self.max_payload)
+        return driver
 
     # -- sync API -----------------------------------------------------------------------------
 
-    def defer(self, call: Call) -> JobHandle:
-        return self.run_sync(self.defer_async, call)
-
-    def defer_many(self, calls: Sequence[Call]) -> list[JobHandle]:
-        return self.run_sync(self.defer_many_async, calls)
-
-    def run_sync(self, fn: Any, *args: Any) -> Any:
-        """Run ``fn(*args)`` from sync code: on the worker's loop from a job's thread, else on the
-        client's own background loop."""
-        try:
-            return anyio.from_thread.run(fn, *args)  # called from a sync job's worker thread
-        except RuntimeError:
-            pass
+    def run_sync(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``await fn(*args)`` from sync code: on the worker's loop from a job's thread, else
+        on the client's own background loop."""
+        token = in_worker_thread()
+        if token is not None:
+            return anyio.from_thread.run(fn, *args, token=token)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -125,29 +147,36 @@ class Client:
             return self._portal
 
     async def aclose(self) -> None:
-        """Dispose the engine this loop's async enqueues used (call before the loop ends)."""
+        """Dispose this loop's driver now (instead of when the loop ends)."""
         loop = asyncio.get_running_loop()
-        store = self._stores.pop(loop, None)
-        if store is not None:
-            await store.engine.dispose()
-        self.close()
+        self._drivers.pop(loop, None)
+        guard = self._guards.pop(loop, None)
+        if guard is not None:
+            await guard.aclose()  # disposes the driver (the guard is the only thing that does)
 
     def close(self) -> None:
-        """Dispose engines and stop the background loop (safe to call more than once)."""
+        """Dispose the background loop's driver and stop that loop (safe to call twice)."""
         with self._lock:
-            if self._portal is not None and self._pid == os.getpid():
-                stores = list(self._stores.values())
+            portal, self._portal = self._portal, None
+        if portal is not None and self._pid == os.getpid():
+            loop = portal.loop
+            self._drivers.pop(loop, None)
+            guard = self._guards.pop(loop, None)
+            try:
+                if guard is not None:
+                    portal.call(guard.aclose)
+            finally:
+                portal.stop()
 
-                async def dispose() -> None:
-                    for store in stores:
-                        await store.engine.dispose()
 
-                try:
-                    self._portal.call(dispose)
-                finally:
-                    self._portal.stop()
-            self._portal = None
-            self._stores = weakref.WeakKeyDictionary()
+async def _dispose_at_loop_end(driver: Driver) -> AsyncIterator[None]:
+    """An async generator whose ``finally`` runs when the loop finalises its async generators
+    (``asyncio.run`` and ``anyio.run`` do, just before closing it): the driver's connections
+    are closed on the loop they were opened on."""
+    try:
+        yield
+    finally:
+        await driver.dispose()
 
 
 class _BackgroundLoop:
@@ -159,24 +188,83 @@ class _BackgroundLoop:
         self.thread = threading.Thread(target=self.loop.run_forever, name="runner-client", daemon=True)
         self.thread.start()
 
-    def call(self, fn: Any, *args: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(fn(*args), self.loop).result()
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        async def run() -> T:
+            return await fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result()
 
     def stop(self) -> None:
+        async def finish() -> None:
+            await self.loop.shutdown_asyncgens()
+
+        try:
+            asyncio.run_coroutine_threadsafe(finish(), self.loop).result(5)
+        except Exception:  # noqa: BLE001 - stopping anyway
+            pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         if not self.thread.is_alive():
             self.loop.close()
 
 
+# --- handles -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A job as a producer reads it: JSON columns decoded, times as aware datetimes (UTC).
+    A column that does not decode is given as its raw text (that may be why the job failed)."""
+
+    id: int
+    name: str
+    queue: str
+    state: str
+    priority: int
+    attempt: int
+    max_attempts: int | None
+    lost: int
+    args: Any
+    kwargs: Any
+    result: Any
+    error: ErrorInfo | None
+    progress: Any
+    meta: Any
+    key: str | None
+    parent_id: int | None
+    root_id: int | None
+    worker: str | None
+    created_at: datetime
+    run_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    expires_at: datetime | None
+    timeout: float | None
+    hard_timeout: float | None
+    attempts: list[AttemptRecord]
+
+    @classmethod
+    def of(cls, row: JobRow) -> JobInfo:
+        return cls(
+            id=row.id, name=row.name, queue=row.queue, state=row.state, priority=row.priority, attempt=row.attempt,
+            max_attempts=row.max_attempts, lost=row.lost, args=_lenient(row.args), kwargs=_lenient(row.kwargs),
+            result=_lenient(row.result), error=error_of(row), progress=_lenient(row.progress), meta=_lenient(row.meta),
+            key=row.key, parent_id=row.parent_id, root_id=row.root_id, worker=row.lease_owner,
+            created_at=_when(row.created_at), run_at=_when(row.run_at), started_at=_maybe_when(row.started_at),
+            finished_at=_maybe_when(row.finished_at), expires_at=_maybe_when(row.expires_at), timeout=row.timeout,
+            hard_timeout=row.hard_timeout, attempts=history_of(row),
+        )  # fmt: skip
+
+
 class JobHandle:
     """A job by id: read its state, wait for its result, cancel it. Cheap; holds no connection."""
 
-    __slots__ = ("app", "id")
+    __slots__ = ("client", "id", "transactional")
 
-    def __init__(self, app: App, job_id: int) -> None:
-        self.app = app
+    def __init__(self, client: Client, job_id: int, *, transactional: bool = False) -> None:
+        self.client = client
         self.id = job_id
+        self.transactional = transactional
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.id}>"
@@ -187,20 +275,28 @@ class JobHandle:
     def __hash__(self) -> int:
         return hash(self.id)
 
-    async def info_async(self) -> JobRow:
-        row = await (await self.app.client.store()).get(self.id)
+    async def row_async(self) -> JobRow:
+        row = await (await self.client.driver()).get(self.id)
         if row is None:
-            raise RunnerError(f"job {self.id} does not exist (purged after its retention period?)")
+            if self.transactional:
+                raise RunnerError(
+                    f"job {self.id} does not exist: it was enqueued inside a transaction that rolled back "
+                    "(or has not committed yet), so the row was never written"
+                )
+            raise RunnerError(f"job {self.id} does not exist: never enqueued in this queue, or purged after --result-ttl")
         return row
 
-    def info(self) -> JobRow:
-        return self.app.client.run_sync(self.info_async)
+    async def info_async(self) -> JobInfo:
+        return JobInfo.of(await self.row_async())
+
+    def info(self) -> JobInfo:
+        return self.client.run_sync(self.info_async)
 
     async def state_async(self) -> str:
-        return (await self.info_async()).state
+        return (await self.row_async()).state
 
     def state(self) -> str:
-        return self.app.client.run_sync(self.state_async)
+        return self.client.run_sync(self.state_async)
 
     async def wait_async(self, timeout: float | None = None, *, poll: float = 0.01) -> Any:
         """The job's return value once it succeeds; raises JobFailed/JobCancelled/JobExpired,
@@ -208,8 +304,8 @@ class JobHandle:
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = poll
         while True:
-            row = await self.info_async()
-            if row.state in (State.SUCCEEDED, State.FAILED, State.CANCELLED, State.EXPIRED):
+            row = await self.row_async()
+            if row.state in State.FINAL:
                 return outcome_of(row)
             if deadline is not None and time.monotonic() >= deadline:
                 raise ResultTimeout(f"job {self.id} still {row.state} after {timeout}s", job_id=self.id)
@@ -218,21 +314,22 @@ class JobHandle:
             delay = min(delay * 1.5, 0.5)
 
     def wait(self, timeout: float | None = None) -> Any:
-        return self.app.client.run_sync(lambda: self.wait_async(timeout))
+        return self.client.run_sync(self.wait_async, timeout)
 
-    async def cancel_async(self) -> str | None:
-        """Cancel: a queued job at once; a running one cooperatively (its scope is cancelled)."""
-        return await (await self.app.client.store()).cancel(self.id)
+    async def cancel_async(self) -> CancelResult:
+        """Cancel: a queued job at once (``CANCELLED``); a running one within a second, its
+        session rolled back (``REQUESTED``); ``FINISHED`` or ``NOT_FOUND`` change nothing."""
+        return await (await self.client.driver()).cancel(self.id)
 
-    def cancel(self) -> str | None:
-        return self.app.client.run_sync(self.cancel_async)
+    def cancel(self) -> CancelResult:
+        return self.client.run_sync(self.cancel_async)
 
 
 def outcome_of(row: JobRow) -> Any:
     """A finished row as a producer sees it: the result, or the matching exception raised."""
     if row.state == State.SUCCEEDED:
-        return decode_json(row.result) if row.result is not None else None
-    info = _error(row)
+        return decode_json(row.result, f"the result of job {row.id}") if row.result is not None else None
+    info = error_of(row) or ErrorInfo(type="Error", message="")
     if row.state == State.CANCELLED:
         raise JobCancelled(f"job {row.id} was cancelled: {info.message}", job_id=row.id)
     if row.state == State.EXPIRED:
@@ -240,14 +337,38 @@ def outcome_of(row: JobRow) -> Any:
     raise JobFailed(row.id, info.type, info.message, info.traceback)
 
 
-def _error(row: JobRow) -> ErrorInfo:
+_error_decoder = msgspec.json.Decoder(ErrorInfo)
+_history_decoder = msgspec.json.Decoder(list[AttemptRecord])
+
+
+def error_of(row: JobRow) -> ErrorInfo | None:
+    if not row.error:
+        return None
     try:
-        data = decode_json(row.error) if row.error else {}
-        return ErrorInfo(
-            type=str(data.get("type", "Error")),
-            message=str(data.get("message", "")),
-            traceback=str(data.get("traceback", "")),
-            attempt=int(data.get("attempt", row.attempt)),
-        )
-    except Exception:
-        return ErrorInfo(type="Error", message=str(row.error))
+        return _error_decoder.decode(row.error)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+        return ErrorInfo(type="Error", message=str(row.error), attempt=row.attempt)
+
+
+def history_of(row: JobRow) -> list[AttemptRecord]:
+    try:
+        return _history_decoder.decode(row.attempts or "[]")
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+        return []
+
+
+def _lenient(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return decode_json(text)
+    except RunnerError:
+        return text
+
+
+def _when(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def _maybe_when(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)

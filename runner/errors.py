@@ -16,14 +16,33 @@
     │   ├── JobExpired           the job ended ``expired`` before it started
     │   └── ResultTimeout        the job did not finish within the wait's timeout
     ├── LeaseLost                this worker no longer owns the attempt; its writes were discarded
-    ├── JobTimeout               raised inside a job past its soft time limit (sync jobs too)
+    ├── JobTimeout               raised inside a job past its soft time limit (also a TimeoutError)
+    ├── TimeLimitExceeded        the type recorded for a job killed past its hard limit (a TimeoutError)
     └── Retry                    raised *by a job* to ask for another attempt after ``delay`` seconds
 
-``UnknownJob``, ``ArgumentsError`` and ``PayloadTooLarge`` are also the messages a worker stores on a
-row that it cannot run, so the same words reach the person reading ``runner jobs show``.
+The ``type`` of a row's ``error`` (and of each entry of its attempt history) is the exception's
+qualified name for errors a job raised, or one of runner's own:
+
+==================== ==========================================================================
+UnknownJob           no job of that name is registered in the worker's app
+ArgumentsError       the row's arguments do not bind to the job's signature or types
+SerializationError   a column is not what is accepted (the message names the column), or the
+                     result cannot be encoded as JSON
+PayloadTooLarge      the row's JSON columns, or a chained job's arguments, exceed --max-payload
+ResultTooLarge       the result exceeds --max-result
+JobTimeout           the soft time limit passed (``timeout``)
+TimeLimitExceeded    the hard time limit passed; the supervisor killed the worker
+WorkerLost           the worker holding the job died (or its lease expired) --max-lost times
+WorkerUnresponsive   the worker's event loop stopped answering --max-lost times while holding it
+Cancelled            cancelled by a producer or a person
+Expired              expires_at passed before any worker started it
+DatabaseUnavailable  the database went away mid-attempt (the attempt was given back, not counted)
+==================== ==========================================================================
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "ArgumentsError",
@@ -41,8 +60,10 @@ __all__ = [
     "RunnerError",
     "SchemaError",
     "SerializationError",
+    "TimeLimitExceeded",
     "UnknownJob",
     "describe_exception",
+    "type_name",
 ]
 
 
@@ -118,17 +139,41 @@ class LeaseLost(RunnerError):
     """The row's fencing token moved on: another attempt owns the job now."""
 
 
-class JobTimeout(RunnerError):
-    """The job ran past its soft time limit; raised inside it so it can clean up."""
+class JobTimeout(RunnerError, TimeoutError):
+    """The job ran past its soft time limit; raised inside it so it can clean up. A
+    ``TimeoutError``, so ``retry_on=(TimeoutError,)`` retries soft and hard timeouts alike."""
+
+
+class TimeLimitExceeded(RunnerError, TimeoutError):
+    """Recorded for a job whose worker was killed past the job's hard time limit."""
 
 
 class Retry(RunnerError):
-    """Raise inside a job to run it again after ``delay`` seconds (counts as an attempt)."""
+    """Raise inside a job to run it again after ``delay`` seconds (None: the job's backoff). It
+    counts as an attempt; with none left the job fails, saying so. ``new_args`` /
+    ``new_kwargs`` replace the job's arguments for the next attempt."""
 
-    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+    def __init__(
+        self,
+        delay: float | None = None,
+        reason: str = "",
+        *,
+        new_args: list[Any] | None = None,
+        new_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(reason or "retry requested")
         self.delay = delay
         self.reason = reason
+        self.new_args = None if new_args is None else list(new_args)
+        self.new_kwargs = None if new_kwargs is None else dict(new_kwargs)
+
+
+def type_name(exc: BaseException | type[BaseException]) -> str:
+    """The name recorded for an exception: bare for builtins, qualified otherwise."""
+    cls = exc if isinstance(exc, type) else type(exc)
+    if cls.__module__ in ("builtins", "__main__") or cls.__module__.startswith("runner.errors"):
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def describe_exception(exc: BaseException) -> str:

@@ -1,9 +1,12 @@
-"""Run one claimed job: decode -> resolve -> bind -> run (scoped session, limits) -> outcome.
+"""Run one attempt in a scoped session: resolve -> bind -> run (limits, cancel) -> event ->
+``decide`` -> complete.
 
-Every path ends in an ``Outcome`` (or, for exactly-once database jobs, in a committed row), so a
-bad row, a missing job or a crashing job leaves a visible state and the worker goes on. The one
-exception that escapes is the worker's own cancellation (shutdown): the worker then gives the
-attempt back with a single statement.
+The row was decoded once, by the driver (``rows.py``); what happens next is decided once, by
+``decide``. This module turns what the job did into an event and hands the outcome to a
+completer. A job that takes an ``AsyncSession`` runs inside ``session_scope``; when the queue is
+its database, its completion is written in that same transaction before the commit (exactly
+once). The one exception that escapes is the worker's own cancellation (shutdown): the worker
+then gives the attempt back.
 """
 
 from __future__ import annotations
@@ -11,59 +14,66 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import random
 import threading
 import time
 import traceback as tb
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Any
 
 import anyio
-import msgspec
+import anyio.lowlevel
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .app import App, Context, JobDef
+from .client import worker_thread
+from .complete import Completer, InTransaction
 from .db_unavailable import database_unavailable
-from .errors import (
-    ArgumentsError,
-    JobTimeout,
-    LeaseLost,
-    PayloadTooLarge,
-    Retry,
-    SerializationError,
-    UnknownJob,
-    describe_exception,
+from .decide import (
+    Cancelled,
+    DatabaseAway,
+    Event,
+    NotRunnable,
+    Outcome,
+    Raised,
+    RetryRequested,
+    Returned,
+    SoftTimeout,
+    before_run,
+    decide,
 )
-from .store import Outcome, Store, error_json
-from .wire import Claimed, Envelope, State, decode_json, encode_json
+from .drivers import Driver
+from .errors import ArgumentsError, JobTimeout, LeaseLost, Retry, SerializationError, describe_exception, type_name
+from .policy import DEFAULT_POLICY, Policy
+from .session import session_scope
+from .wire import Attempt, BadRow, ErrorInfo, State, encode_json
 
-__all__ = ["Executor", "Running"]
+__all__ = ["JobRunner", "Running"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("runner.jobs")
+
+MAX_TRACEBACK = 16_000  # characters of traceback kept per attempt
 
 
 @dataclass
 class Running:
-    """A job in flight: what the worker needs to cancel it or to tell the supervisor about it."""
+    """An attempt in flight: what the worker needs to cancel it or report it."""
 
-    claimed: Claimed
+    attempt: Attempt
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    stop_reason: str | None = None  # "cancelled" or "timeout" once the worker asked it to stop
+    stop_reason: str | None = None  # "cancelled", "timeout" or "lease lost" once asked to stop
     thread_id: int | None = None  # sync jobs: the thread to interrupt
-    session: AsyncSession | None = None  # the attempt's session, once opened
+    started: float = field(default_factory=time.monotonic)
 
 
-def _type_name(exc: BaseException) -> str:
-    cls = type(exc)
-    return cls.__qualname__ if cls.__module__ in ("builtins", "__main__") else f"{cls.__module__}.{cls.__qualname__}"
+class _Unstorable(Exception):
+    """The job returned, but its outcome is a failure (result not JSON, too large): roll its
+    writes back and write the failure instead."""
 
-
-def _traceback(exc: BaseException) -> str:
-    try:
-        return "".join(tb.format_exception(exc))
-    except Exception:
-        return ""
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
 
 
 def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> None:
@@ -72,116 +82,179 @@ def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
 
 
-class Executor:
-    """Turns a ``Claimed`` row into an ``Outcome``; holds nothing per job between calls."""
+def error_info(exc: BaseException, attempt: int) -> ErrorInfo:
+    try:
+        trace = "".join(tb.format_exception(exc))[-MAX_TRACEBACK:]
+    except Exception:  # a broken exception must not break the worker
+        trace = ""
+    return ErrorInfo(type=type_name(exc), message=describe_exception(exc), traceback=trace, attempt=attempt)
+
+
+class JobRunner:
+    """Runs attempts for one worker; holds nothing per attempt between calls."""
 
     def __init__(
         self,
         app: App,
-        store: Store,
-        sessions: async_sessionmaker[AsyncSession] | None,
+        driver: Driver,
         *,
+        sessions: async_sessionmaker[AsyncSession] | None,
         exactly_once: bool,
-        max_payload: int,
-        max_result: int,
+        completer: Completer,
         thread_limiter: anyio.CapacityLimiter,
-        timeout_exception: type[BaseException] = JobTimeout,
+        limits: dict[str, int],
     ) -> None:
         self.app = app
-        self.store = store
+        self.driver = driver
         self.sessions = sessions
         self.exactly_once = exactly_once
-        self.max_payload = max_payload
-        self.max_result = max_result
+        self.completer = completer
+        self.in_transaction = InTransaction(driver)
         self.thread_limiter = thread_limiter
-        self.timeout_exception = timeout_exception
+        self.limits = limits
+        self._policies: dict[str, Policy] = {}
 
-    async def run(self, running: Running) -> Outcome | None:
-        """Run the attempt; ``None`` means the outcome is already committed (exactly-once)."""
-        claimed = running.claimed
-        now = time.time()
-        if claimed.expires_at is not None and now > claimed.expires_at:
-            return self._final(claimed, State.EXPIRED, error=error_json("Expired", f"expired at {claimed.expires_at:.3f}, before it started"))
+    def policy(self, name: str) -> Policy:
+        """The job's policy with this worker's limits (max lost, result and payload sizes)."""
+        policy = self._policies.get(name)
+        if policy is None:
+            job = self.app.jobs.get(name)
+            policy = self._policies[name] = (job.policy if job else DEFAULT_POLICY).with_limits(**self.limits)
+        return policy
+
+    async def end(self, item: Attempt | BadRow, event: Event, completer: Completer | None = None) -> Outcome:
+        """Decide ``event`` for ``item`` and hand the outcome to ``completer`` (the batch by default)."""
+        outcome = decide(item, self.policy(item.name), event, now=time.time(), rand=random.random())
+        await (completer or self.completer).complete(outcome)
+        _log(item, outcome)
+        return outcome
+
+    async def run(self, running: Running) -> None:
+        """One attempt, from start to its outcome handed over."""
+        attempt = running.attempt
+        job = self.app.jobs.get(attempt.name)
+        policy = self.policy(attempt.name)
+        early = before_run(attempt, policy, time.time())
+        if early is None and job is None:
+            known = ", ".join(sorted(self.app.jobs)) or "(none)"
+            message = f"unknown job {attempt.name!r}; registered jobs: {known}"
+            early = NotRunnable(ErrorInfo(type="UnknownJob", message=message, attempt=attempt.attempt))
+        if early is not None:
+            await self.end(attempt, early)
+            return
+        assert job is not None
         try:
-            job = self.app.get(claimed.name)
-            args, kwargs, meta = self._decode(claimed)
-            bound = job.bind(args, kwargs)
-            timeout = meta.get("timeout", job.timeout)
-            if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
-                raise SerializationError(f"meta column: timeout must be a number of seconds or null, got {timeout!r}")
-        except (UnknownJob, ArgumentsError, SerializationError, PayloadTooLarge) as exc:
-            return self._final(claimed, State.FAILED, error=error_json(type(exc).__name__, str(exc), attempt=claimed.attempt))
-        max_attempts = claimed.max_attempts or job.max_attempts
-        injected: dict[str, Any] = {}
-        if job.context_param:
-            injected[job.context_param] = Context(
-                claimed.id, job.name, claimed.attempt, max_attempts, claimed.queue,
-                claimed.parent_id, claimed.root_id, meta, functools.partial(self._progress, running),
-            )  # fmt: skip
+            bound = job.bind(attempt.args, attempt.kwargs)
+        except ArgumentsError as exc:
+            await self.end(attempt, NotRunnable(ErrorInfo(type="ArgumentsError", message=str(exc), attempt=attempt.attempt)))
+            return
+        timeout = attempt.timeout or job.timeout
+        event = await self._attempt(running, job, bound, timeout)
+        if event is not None:
+            await self.end(attempt, event)
+
+    async def _attempt(self, running: Running, job: JobDef[Any, Any], bound: Any, timeout: float | None) -> Event | None:
+        """What happened; None when the outcome is already written (in the job's transaction)
+        or must not be (the lease was lost)."""
         try:
             with running.scope:
                 if timeout:
                     running.scope.deadline = anyio.current_time() + float(timeout)
                 if job.session_param:
-                    return await self._run_with_session(running, job, bound, injected, meta)
-                value = await self._invoke(running, job, bound, injected)
+                    return await self._with_session(running, job, bound)
+                value = await self._invoke(running, job, bound, None)
             if running.scope.cancelled_caught:
-                return self._stopped(running, job, max_attempts, timeout, meta)
-            return self._success(claimed, job, value, meta)
+                return self._stopped(running, timeout)
+            return Returned(value)
+        except _Unstorable as unstorable:
+            await self.completer.complete(unstorable.outcome)
+            _log(running.attempt, unstorable.outcome)
+            return None
         except Retry as exc:
-            return self._retry_or_fail(claimed, job, max_attempts, exc, meta, delay=exc.delay, force=True)
-        except (JobTimeout, self.timeout_exception) as exc:  # raised into a sync thread, or by the job
-            if running.stop_reason == "cancelled":
-                return self._final(claimed, State.CANCELLED, error=error_json("Cancelled", "cancelled while running", attempt=claimed.attempt))
-            return self._retry_or_fail(claimed, job, max_attempts, exc, meta)
-        except LeaseLost:
-            log.warning("job %s lost its lease; its transaction was rolled back", claimed.id)
+            error = ErrorInfo(type="Retry", message=exc.reason or "retry requested", attempt=running.attempt.attempt)
+            return RetryRequested(error, exc.delay, exc.new_args, exc.new_kwargs)
+        except JobTimeout as exc:  # raised into a sync job's thread (or by the job itself)
+            if running.stop_reason is not None:
+                return self._stopped(running, timeout)
+            return Raised(error_info(exc, running.attempt.attempt), type(exc))
+        except LeaseLost as exc:
+            log.warning("job %s lost its lease; nothing it did was committed (%s)", running.attempt.id, exc)
             return None
         except (DBAPIError, OSError) as exc:
             if database_unavailable(exc):
-                # The database went away under the job (restart, failover): not the job's fault,
-                # so the attempt is given back and the job runs again once the database answers.
-                log.warning("job %s: database unavailable (%s); re-queued", claimed.id, type(getattr(exc, "orig", None) or exc).__name__)
-                error = error_json("DatabaseUnavailable", describe_exception(exc), attempt=claimed.attempt)
-                return Outcome(claimed.id, claimed.lease_token, State.QUEUED, error=error, run_at=time.time() + 1.0, attempt_delta=-1)
-            return self._retry_or_fail(claimed, job, max_attempts, exc, meta)
+                # The database went away under the job (restart, failover): not the job's fault.
+                return DatabaseAway(ErrorInfo(type="DatabaseUnavailable", message=describe_exception(exc)[:2000], attempt=running.attempt.attempt))
+            return Raised(error_info(exc, running.attempt.attempt), type(exc))
         except Exception as exc:
-            return self._retry_or_fail(claimed, job, max_attempts, exc, meta)
+            return Raised(error_info(exc, running.attempt.attempt), type(exc))
 
-    # -- steps ----------------------------------------------------------------------------------
+    def _stopped(self, running: Running, timeout: float | None) -> Event | None:
+        if running.stop_reason == "cancelled":
+            return Cancelled()
+        if running.stop_reason == "lease lost":
+            log.warning("job %s lost its lease while running; it was stopped and nothing was committed", running.attempt.id)
+            return None
+        return SoftTimeout(float(timeout or 0.0))
 
-    def _decode(self, claimed: Claimed) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
-        size = len(claimed.args or "") + len(claimed.kwargs or "")
-        if size > self.max_payload:
-            raise PayloadTooLarge(f"arguments are {size:,} bytes of JSON; the limit is {self.max_payload:,} (--max-payload)")
-        args = decode_json(claimed.args or "[]", "args column")
-        kwargs = decode_json(claimed.kwargs or "{}", "kwargs column")
-        meta = decode_json(claimed.meta, "meta column") if claimed.meta else {}
-        if not isinstance(args, list):
-            raise SerializationError(f"args column must be a JSON array, got {type(args).__name__}")
-        if not isinstance(kwargs, dict):
-            raise SerializationError(f"kwargs column must be a JSON object, got {type(kwargs).__name__}")
-        if not isinstance(meta, dict):
-            meta = {}
-        return args, kwargs, meta
+    async def _with_session(self, running: Running, job: JobDef[Any, Any], bound: Any) -> Event | None:
+        attempt = running.attempt
+        async with session_scope(factory=self.sessions) as session:
+            value = await self._invoke(running, job, bound, session)
+            # The job returned: from here on, a soft limit or a cancel must not split its commit.
+            with anyio.CancelScope(shield=True):
+                outcome = decide(attempt, self.policy(attempt.name), Returned(value), now=time.time(), rand=random.random())
+                if outcome.state != State.SUCCEEDED:
+                    raise _Unstorable(outcome)
+                if self.exactly_once:
+                    # The ack rides in the job's own transaction: business writes and completion
+                    # commit together or not at all; a stale attempt (token moved on) commits nothing.
+                    await self.in_transaction.complete(outcome, session)
+                await session.commit()
+        if not self.exactly_once:  # the job's database is not the queue's: at-least-once
+            await self.completer.complete(outcome)
+        _log(attempt, outcome)
+        return None
 
-    async def _invoke(self, running: Running, job: JobDef[Any, Any], bound: Any, injected: dict[str, Any]) -> Any:
+    async def _invoke(self, running: Running, job: JobDef[Any, Any], bound: Any, session: AsyncSession | None) -> Any:
+        injected: dict[str, Any] = {}
+        if session is not None and job.session_param:
+            injected[job.session_param] = session
+        if job.context_param:
+            injected[job.context_param] = self._context(running, job)
         args, kwargs = _call_arguments(bound, injected)
         if job.is_async:
             return await job.fn(*args, **kwargs)
         return await self._run_in_thread(running, functools.partial(job.fn, *args, **kwargs))
 
+    def _context(self, running: Running, job: JobDef[Any, Any]) -> Context:
+        a = running.attempt
+        return Context(
+            a.id, job.name, a.attempt, a.max_attempts or job.max_attempts, a.queue, a.parent_id, a.root_id, a.meta,
+            functools.partial(self._progress, a),
+        )  # fmt: skip
+
+    async def _progress(self, attempt: Attempt, value: Any) -> None:
+        text = encode_json(value, "progress")
+        if len(text.encode()) > self.limits.get("max_result", 1 << 20):
+            raise SerializationError(f"progress is {len(text.encode()):,} bytes of JSON; the limit is {self.limits['max_result']:,} (--max-result)")
+        await self.driver.set_progress(attempt.id, attempt.token, text)
+
     async def _run_in_thread(self, running: Running, fn: Callable[[], Any]) -> Any:
+        token = anyio.lowlevel.current_token()
+
         def call() -> Any:
             running.thread_id = threading.get_ident()
+            worker_thread(token)
             try:
                 return fn()
             finally:
+                worker_thread(None)
                 running.thread_id = None
 
-        # The thread cannot be cancelled; a stop request interrupts it instead (see _watch_thread),
+        # The thread cannot be cancelled; a stop request interrupts it instead (_watch_thread),
         # and we wait for it to return so that a slot never holds two jobs.
         failure: BaseException | None = None
+        value: Any = None
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_thread, running)
@@ -195,175 +268,31 @@ class Executor:
         return value
 
     async def _watch_thread(self, running: Running) -> None:
-        """Turn the job scope's deadline or cancel into an exception inside the sync job's thread."""
+        """Turn the job scope's deadline or cancel into a JobTimeout inside the sync job's thread."""
         while True:
             deadline = running.scope.deadline
             if running.stop_reason is None and deadline != float("inf") and anyio.current_time() >= deadline:
                 running.stop_reason = "timeout"
             if running.stop_reason is not None and running.thread_id is not None:
-                exc = self.timeout_exception if running.stop_reason == "timeout" else JobTimeout
-                _raise_in_thread(running.thread_id, exc)
+                _raise_in_thread(running.thread_id, JobTimeout)
                 await anyio.sleep(0.5)  # again, if the first landed inside a C call that swallowed it
                 continue
             await anyio.sleep(0.02)
 
-    async def _run_with_session(
-        self, running: Running, job: JobDef[Any, Any], bound: Any, injected: dict[str, Any], meta: dict[str, Any]
-    ) -> Outcome | None:
-        assert self.sessions is not None and job.session_param is not None
-        claimed = running.claimed
-        session = running.session = self.sessions()
-        try:
-            value = await self._invoke(running, job, bound, {**injected, job.session_param: session})
-            outcome = self._success(claimed, job, value, meta)
-            if self.exactly_once:
-                # The ack rides in the job's own transaction: business writes and completion
-                # commit together or not at all, and a stale attempt (token moved on) commits nothing.
-                conn = await session.connection()
-                if await self.store.finish_in(conn, [outcome]) != 1:
-                    raise LeaseLost(f"job {claimed.id} attempt {claimed.attempt}")
-            if outcome.state == State.FAILED:  # result could not be stored: do not keep the writes
-                await _shielded(session.rollback)
-                return outcome
-            await session.commit()
-            return None if self.exactly_once else outcome
-        except BaseException:
-            await _shielded(session.rollback)
-            raise
-        finally:
-            await _shielded(session.close)
 
-    def _success(self, claimed: Claimed, job: JobDef[Any, Any], value: Any, meta: dict[str, Any]) -> Outcome:
-        result = None
-        if not job.ignore_result and value is not None:
-            try:
-                result = encode_json(value, f"the result of {job.name}")
-            except SerializationError as exc:
-                return self._final(claimed, State.FAILED, error=error_json("SerializationError", str(exc), attempt=claimed.attempt))
-            if len(result) > self.max_result:
-                message = f"the result of {job.name} is {len(result):,} bytes of JSON; the limit is {self.max_result:,} (--max-result)"
-                return self._final(claimed, State.FAILED, error=error_json("ResultTooLarge", message, attempt=claimed.attempt))
-        try:
-            children = _children(claimed, meta.get("on_success"), value, "on_success", self.max_payload)
-        except (SerializationError, PayloadTooLarge) as exc:
-            message = f"the job returned, but its on_success chained jobs cannot be enqueued: {exc}"
-            return self._final(claimed, State.FAILED, error=error_json(type(exc).__name__, message, attempt=claimed.attempt))
-        outcome = self._final(claimed, State.SUCCEEDED, result=result)
-        return msgspec.structs.replace(outcome, children=children) if children else outcome
-
-    def _stopped(self, running: Running, job: JobDef[Any, Any], max_attempts: int, timeout: Any, meta: dict[str, Any]) -> Outcome:
-        claimed = running.claimed
-        if running.stop_reason == "cancelled":
-            return self._final(claimed, State.CANCELLED, error=error_json("Cancelled", "cancelled while running", attempt=claimed.attempt))
-        exc = JobTimeout(f"soft time limit of {timeout}s exceeded")
-        return self._retry_or_fail(claimed, job, max_attempts, exc, meta)
-
-    def _retry_or_fail(
-        self,
-        claimed: Claimed,
-        job: JobDef[Any, Any],
-        max_attempts: int,
-        exc: BaseException,
-        meta: dict[str, Any],
-        *,
-        delay: float | None = None,
-        force: bool = False,
-    ) -> Outcome:
-        message = describe_exception(exc)
-        error = error_json(_type_name(exc), message, _traceback(exc), attempt=claimed.attempt)
-        retryable = force or isinstance(exc, job.retry_on)
-        if retryable and claimed.attempt < max_attempts:
-            wait = job.backoff.delay(claimed.attempt) if delay is None else max(0.0, float(delay))
-            log.info("job %s %s attempt %d failed (%s: %s); retry in %.1fs", claimed.id, job.name, claimed.attempt, _type_name(exc), message, wait)
-            return Outcome(claimed.id, claimed.lease_token, State.QUEUED, error=error, run_at=time.time() + wait)
-        log.warning("job %s %s failed on attempt %d/%d: %s: %s", claimed.id, job.name, claimed.attempt, max_attempts, _type_name(exc), message)
-        try:
-            children = _children(claimed, meta.get("on_failure"), claimed.id, "on_failure", self.max_payload)
-        except (SerializationError, PayloadTooLarge) as bad:
-            children = ()
-            message = f"{message} (its on_failure chained jobs cannot be enqueued: {bad})"
-            error = error_json(_type_name(exc), message, _traceback(exc), attempt=claimed.attempt)
-        outcome = self._final(claimed, State.FAILED, error=error)
-        return msgspec.structs.replace(outcome, children=children) if children else outcome
-
-    def _final(self, claimed: Claimed, state: str, *, result: str | None = None, error: str | None = None) -> Outcome:
-        return Outcome(claimed.id, claimed.lease_token, state, result=result, error=error, finished_at=time.time())
-
-    async def _progress(self, running: Running, value: Any) -> None:
-        claimed, text = running.claimed, encode_json(value, "progress")
-        if running.session is not None and self.exactly_once and self.store.backend == "sqlite":
-            # The job's transaction holds SQLite's one write lock: a second connection would wait
-            # on ourselves. Progress then rides in the job's transaction (visible at commit).
-            await self.store.set_progress(claimed.id, claimed.lease_token, text, conn=await running.session.connection())
-            return
-        await self.store.set_progress(claimed.id, claimed.lease_token, text)
-
-
-_Int32 = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
-
-
-class _ChainSpec(msgspec.Struct):
-    """One chained job as ``meta.on_success`` / ``meta.on_failure`` holds it. A row's meta may
-    come from any producer (a raw INSERT), so it is checked here, before the outcome is written:
-    a child that cannot be inserted would otherwise make its parent's outcome unwritable."""
-
-    name: str
-    args: list[Any] = []
-    kwargs: dict[str, Any] = {}
-    queue: str | None = None
-    priority: _Int32 | None = None
-    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)] | None = None
-    key: str | None = None
-    meta: dict[str, Any] | None = None
-    immutable: bool = False
-
-
-def _children(claimed: Claimed, specs: Any, value: Any, which: str, max_payload: int) -> tuple[Envelope, ...]:
-    """Envelopes for chained jobs (``meta.on_success`` / ``meta.on_failure``): each gets ``value``
-    (the parent's result, or for failures the parent's id) prepended to its args unless it is
-    ``immutable``, and the parent/root ids that tie a workflow together. Raises
-    ``SerializationError`` / ``PayloadTooLarge`` naming the spec when one cannot be enqueued."""
-    if not specs:
-        return ()
-    if not isinstance(specs, list):
-        raise SerializationError(f"meta.{which} must be a list of chained jobs, got {type(specs).__name__}")
-    children = []
-    for i, raw in enumerate(specs):
-        where = f"meta.{which}[{i}]"
-        try:
-            spec = msgspec.convert(raw, _ChainSpec)
-        except msgspec.ValidationError as exc:
-            raise SerializationError(f"{where} is not a valid chained job: {exc}") from None
-        for field_name in ("name", "queue", "key"):
-            if "\x00" in (getattr(spec, field_name) or ""):
-                raise SerializationError(f"{where}: {field_name} contains a NUL character")
-        args = list(spec.args)
-        if not spec.immutable:
-            args.insert(0, value)
-        size = len(encode_json(args, f"arguments of chained job {spec.name} ({where})"))
-        size += len(encode_json(spec.kwargs, f"keyword arguments of chained job {spec.name} ({where})"))
-        if size > max_payload:
-            raise PayloadTooLarge(
-                f"arguments of chained job {spec.name} ({where}) would be {size:,} bytes of JSON; "
-                f"the limit is {max_payload:,} (--max-payload)"
-            )
-        if spec.meta is not None:
-            encode_json(spec.meta, f"meta of chained job {spec.name} ({where})")
-        children.append(
-            Envelope(
-                name=spec.name,
-                args=args,
-                kwargs=spec.kwargs,
-                queue=spec.queue or claimed.queue,
-                priority=spec.priority or 0,
-                max_attempts=spec.max_attempts,
-                key=spec.key,
-                parent_id=claimed.id,
-                root_id=claimed.root_id or claimed.id,
-                meta=spec.meta,
-            )
-        )
-    return tuple(children)
+def _log(item: Attempt | BadRow, outcome: Outcome) -> None:
+    took = (outcome.record.finished_at - outcome.record.started_at) * 1000
+    if outcome.state == State.SUCCEEDED:
+        log.info("job %d %s succeeded in %.1f ms, attempt %d", item.id, item.name, took, item.attempt)
+        return
+    error = outcome.error
+    why = f"{error.type}: {error.message}" if error is not None else ""
+    if outcome.state == State.QUEUED:
+        log.info("job %d %s attempt %d: %s (%s)", item.id, item.name, item.attempt, outcome.record.note, why)
+    elif outcome.state == State.FAILED:
+        log.warning("job %d %s failed on attempt %d: %s", item.id, item.name, item.attempt, why)
+    else:
+        log.info("job %d %s %s", item.id, item.name, outcome.state)
 
 
 def _call_arguments(bound: Any, injected: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
@@ -373,7 +302,7 @@ def _call_arguments(bound: Any, injected: dict[str, Any]) -> tuple[list[Any], di
     if any(p.kind is p.VAR_POSITIONAL for p in params.values()):
         return list(bound.args), {**bound.kwargs, **injected}
     args: list[Any] = []
-    kwargs: dict[str, Any] = dict(injected)
+    kwargs: dict[str, Any] = {}
     for name, value in bound.arguments.items():
         kind = params[name].kind
         if kind is kind.POSITIONAL_ONLY:
@@ -382,9 +311,5 @@ def _call_arguments(bound: Any, injected: dict[str, Any]) -> tuple[list[Any], di
             kwargs.update(value)
         else:
             kwargs[name] = value
+    kwargs.update(injected)  # injected last: a row can never replace them (bind refuses the names too)
     return args, kwargs
-
-
-async def _shielded(fn: Callable[[], Awaitable[Any]]) -> None:
-    with anyio.CancelScope(shield=True):
-        await fn()

@@ -7,24 +7,35 @@ and progress are JSON text, so any language can enqueue with one INSERT::
 
     INSERT INTO runner_jobs (name, args) VALUES ('jobs.users.activate_user', '[42]');
 
-``migrate`` is idempotent and versioned through ``runner_meta``; it refuses a schema newer than
-this code instead of guessing.
+The checks make the database refuse what no worker could run (a ``run_at`` that is not a finite
+number, a negative counter), so a bad value fails at the ``INSERT`` that wrote it, naming the
+constraint, instead of sitting in the table unseen. Each driver renders this with its own types
+(``Dialect``); ``SCHEMA_VERSION`` is recorded in ``runner_meta`` and a newer one is refused.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+__all__ = ["SCHEMA_VERSION", "Dialect", "constraints", "job_indexes", "job_table", "side_tables", "workers_table"]
 
-from .errors import SchemaError
+SCHEMA_VERSION: Final = 2
 
-__all__ = ["SCHEMA_VERSION", "ddl", "migrate", "schema_version"]
+STATES: Final = "'queued', 'running', 'succeeded', 'failed', 'cancelled', 'expired'"
 
-SCHEMA_VERSION: Final = 1
 
-_STATES = "'queued', 'running', 'succeeded', 'failed', 'cancelled', 'expired'"
+@dataclass(frozen=True)
+class Dialect:
+    """How one database spells the schema's types and checks."""
+
+    id_column: str
+    float_type: str
+    json_history: str  # the type of the attempts column
+    now: str  # an expression for "now" in epoch seconds
+    is_number: str  # a check template: {c} is a finite number
+    is_integer: str  # a check template: {c} is an integer
+
 
 _COLUMNS = """
     {id},
@@ -34,58 +45,53 @@ _COLUMNS = """
     kwargs       TEXT    NOT NULL DEFAULT '{{}}',     -- JSON object
     queue        TEXT    NOT NULL DEFAULT 'default',
     priority     INTEGER NOT NULL DEFAULT 0,          -- higher runs sooner within a queue
-    state        TEXT    NOT NULL DEFAULT 'queued' CHECK (state IN ({states})),
-    attempt      INTEGER NOT NULL DEFAULT 0,          -- attempts that reached an outcome or are running
+    state        TEXT    NOT NULL DEFAULT 'queued',
+    attempt      INTEGER NOT NULL DEFAULT 0,          -- attempts that counted, or the one running
     max_attempts INTEGER,                             -- NULL: the job's own default
     lost         INTEGER NOT NULL DEFAULT 0,          -- times a worker died holding it
     run_at       {float} NOT NULL DEFAULT {now},      -- not before (ETA / countdown / retry backoff)
     expires_at   {float},                             -- never started after this: ends 'expired'
+    timeout      {float},                             -- soft limit of this call, s (NULL: the job's)
+    hard_timeout {float},                             -- hard limit of this call, s (NULL: the job's)
     key          TEXT,                                -- idempotency key: one live job per key
-    parent_id    BIGINT,
-    root_id      BIGINT,
-    meta         TEXT,                                -- JSON: headers, callbacks, per-call limits
+    parent_id    BIGINT,                              -- the job whose ending enqueued this one
+    root_id      BIGINT,                              -- the first job of its chain or workflow
+    meta         TEXT,                                -- JSON object: the user's own, never read by runner
+    callbacks    TEXT,                                -- JSON {{"on_success": [..], "on_failure": [..]}}
     lease_owner  TEXT,                                -- node:supervisor-pid:slot of the running worker
     lease_token  BIGINT  NOT NULL DEFAULT 0,          -- fencing token, +1 per claim; guards every write
     lease_expires_at {float},
-    cancel_requested INTEGER NOT NULL DEFAULT 0,     -- 1: a running job should stop cooperatively
+    cancel_requested INTEGER NOT NULL DEFAULT 0,      -- 1: a running job should stop cooperatively
     result       TEXT,                                -- JSON return value
-    error        TEXT,                                -- JSON {{type, message, traceback, attempt}}
+    error        TEXT,                                -- JSON {{type, message, traceback, attempt}}: the latest
     progress     TEXT,                                -- JSON, written by the running job
+    attempts     {history} NOT NULL DEFAULT '[]',     -- JSON array: one record per attempt, newest last
     created_at   {float} NOT NULL DEFAULT {now},
-    started_at   {float},
+    started_at   {float},                             -- when the current (or last) attempt was claimed
     finished_at  {float}
 """
 
-_INDEXES = [
+_INDEXES: Final = (
     # The claim: the next runnable jobs of one queue, best priority first, then FIFO.
     "CREATE INDEX IF NOT EXISTS runner_jobs_claim ON runner_jobs (queue, priority DESC, run_at, id)"
     " WHERE state = 'queued'",
-    # Lease renewal and rescue by owner, and the expired-lease sweep: only running rows.
-    "CREATE INDEX IF NOT EXISTS runner_jobs_running ON runner_jobs (lease_owner, lease_expires_at)"
+    # Lease renewal, the expired-lease sweep and a dead worker's rows: only running rows.
+    "CREATE INDEX IF NOT EXISTS runner_jobs_running ON runner_jobs (lease_expires_at, lease_owner)"
     " WHERE state = 'running'",
     # Idempotency as a lock: at most one queued-or-running job per key.
     "CREATE UNIQUE INDEX IF NOT EXISTS runner_jobs_live_key ON runner_jobs (key)"
     " WHERE key IS NOT NULL AND state IN ('queued', 'running')",
     # Keys of finished jobs: the key_ttl retention window and lookups by a caller-chosen id.
     "CREATE INDEX IF NOT EXISTS runner_jobs_key ON runner_jobs (key, finished_at) WHERE key IS NOT NULL",
-    # Children of a job (chains, groups) and finished-job housekeeping.
+    # Children of a job (chains, workflows).
     "CREATE INDEX IF NOT EXISTS runner_jobs_parent ON runner_jobs (parent_id) WHERE parent_id IS NOT NULL",
+    # Result retention and "finished in the last minute".
     "CREATE INDEX IF NOT EXISTS runner_jobs_finished ON runner_jobs (finished_at) WHERE finished_at IS NOT NULL",
-]
+)
 
-_SIDE_TABLES = [
+_SIDE_TABLES: Final = (
     # Schema version and other small facts.
     "CREATE TABLE IF NOT EXISTS runner_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    # One row per live worker process, upserted with each lease renewal: `runner status` reads it.
-    """CREATE TABLE IF NOT EXISTS runner_workers (
-        owner      TEXT PRIMARY KEY,   -- node:supervisor-pid:slot
-        node       TEXT NOT NULL,
-        pid        INTEGER NOT NULL,
-        queues     TEXT NOT NULL,
-        started_at {float} NOT NULL,
-        seen_at    {float} NOT NULL,
-        done       BIGINT NOT NULL DEFAULT 0
-    )""",
     # Periodic jobs: the primary key makes each fire time enqueue once across every host.
     """CREATE TABLE IF NOT EXISTS runner_schedule (
         name     TEXT NOT NULL,
@@ -93,75 +99,61 @@ _SIDE_TABLES = [
         job_id   BIGINT,
         PRIMARY KEY (name, fire_at)
     )""",
-]
+)
 
-_POSTGRES_EXTRA = [
-    # Wake idle workers at once. Statement-level, so a bulk INSERT of 20,000 rows costs one NOTIFY.
-    """CREATE OR REPLACE FUNCTION runner_jobs_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-       BEGIN PERFORM pg_notify('runner_jobs', ''); RETURN NULL; END $$""",
-    "DROP TRIGGER IF EXISTS runner_jobs_inserted ON runner_jobs",
-    "CREATE TRIGGER runner_jobs_inserted AFTER INSERT ON runner_jobs"
-    " FOR EACH STATEMENT EXECUTE FUNCTION runner_jobs_notify()",
-]
-
-
-def ddl(backend: str) -> list[str]:
-    """Every statement that builds the current schema on ``backend`` ("sqlite" or "postgresql")."""
-    if backend == "postgresql":
-        fmt = {
-            "id": "id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
-            "float": "DOUBLE PRECISION",
-            "now": "extract(epoch from clock_timestamp())",
-            "states": _STATES,
-        }
-    else:
-        # AUTOINCREMENT: an id is never reused after a purge, so an old handle never sees a new job.
-        fmt = {
-            "id": "id INTEGER PRIMARY KEY AUTOINCREMENT",
-            "float": "REAL",
-            "now": "((julianday('now') - 2440587.5) * 86400.0)",
-            "states": _STATES,
-        }
-    statements = [f"CREATE TABLE IF NOT EXISTS runner_jobs ({_COLUMNS.format(**fmt)})"]
-    statements += _INDEXES
-    statements += [s.format(**fmt) for s in _SIDE_TABLES]
-    if backend == "postgresql":
-        statements += _POSTGRES_EXTRA
-    return statements
+# One row per live worker process, upserted with each lease renewal: `runner status` reads it.
+# (On SQLite it lives in the control-plane file, with the leases, progress and cancel requests.)
+WORKERS_TABLE: Final = """CREATE TABLE IF NOT EXISTS runner_workers (
+        owner       TEXT PRIMARY KEY,   -- node:supervisor-pid:slot
+        node        TEXT NOT NULL,
+        pid         INTEGER NOT NULL,
+        pid_started BIGINT NOT NULL DEFAULT 0,  -- process start, clock ticks since boot
+        boot_id     TEXT NOT NULL DEFAULT '',   -- /proc/sys/kernel/random/boot_id
+        queues      TEXT NOT NULL,
+        concurrency INTEGER NOT NULL DEFAULT 0,
+        started_at  {float} NOT NULL,
+        seen_at     {float} NOT NULL,
+        done        BIGINT NOT NULL DEFAULT 0,
+        rss_kb      BIGINT NOT NULL DEFAULT 0,
+        running     TEXT NOT NULL DEFAULT '[]'  -- JSON [[job id, started at], ...]
+    )"""
 
 
-async def schema_version(conn: AsyncConnection) -> int:
-    """The installed version, 0 when the queue tables are absent."""
-    backend = conn.dialect.name
-    probe = (
-        "SELECT to_regclass('runner_meta') IS NOT NULL"
-        if backend == "postgresql"
-        else "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'runner_meta'"
-    )
-    if not (await conn.execute(text(probe))).scalar():
-        return 0
-    value = (await conn.execute(text("SELECT value FROM runner_meta WHERE name = 'schema_version'"))).scalar()
-    return int(value) if value is not None else 0
+def constraints(d: Dialect) -> list[tuple[str, str]]:
+    """(name, check) for every constraint of the jobs table; the name is what a refused INSERT
+    reports, so it says what is accepted."""
+    number, integer = d.is_number.format, d.is_integer.format
+    return [
+        ("state_is_known", f"state IN ({STATES})"),
+        ("run_at_is_epoch_seconds", number(c="run_at")),
+        ("expires_at_is_epoch_seconds_or_null", f"expires_at IS NULL OR {number(c='expires_at')}"),
+        (
+            "timeouts_are_positive_seconds_or_null",
+            f"(timeout IS NULL OR ({number(c='timeout')} AND timeout > 0))"
+            f" AND (hard_timeout IS NULL OR ({number(c='hard_timeout')} AND hard_timeout > 0))",
+        ),
+        (
+            "counters_are_integers_from_0",
+            f"{integer(c='attempt')} AND attempt >= 0 AND {integer(c='lost')} AND lost >= 0 AND {integer(c='priority')}",
+        ),
+        ("max_attempts_is_positive_or_null", f"max_attempts IS NULL OR ({integer(c='max_attempts')} AND max_attempts >= 1)"),
+    ]
 
 
-async def migrate(conn: AsyncConnection) -> tuple[int, int]:
-    """Create or upgrade the schema inside the caller's transaction; returns (before, after)."""
-    backend = conn.dialect.name
-    if backend == "postgresql":
-        # Two hosts starting at once must not race on CREATE: serialise migrators.
-        await conn.execute(text("SELECT pg_advisory_xact_lock(7320431)"))
-    before = await schema_version(conn)
-    if before > SCHEMA_VERSION:
-        raise SchemaError(
-            f"the queue schema is version {before}, newer than this runner understands "
-            f"({SCHEMA_VERSION}); upgrade runner on this host"
-        )
-    if before < SCHEMA_VERSION:
-        for statement in ddl("postgresql" if backend == "postgresql" else "sqlite"):
-            await conn.execute(text(statement))
-        upsert = (
-            "INSERT INTO runner_meta (name, value) VALUES ('schema_version', :v)"
-            " ON CONFLICT (name) DO UPDATE SET value = excluded.value"
-        )
-        await conn.execute(text(upsert), {"v": str(SCHEMA_VERSION)})
-    return before, SCHEMA_VERSION
+def job_table(d: Dialect, name: str = "runner_jobs") -> str:
+    """``CREATE TABLE`` for the jobs table (``name`` lets a migration build a replacement)."""
+    columns = _COLUMNS.format(id=d.id_column, float=d.float_type, history=d.json_history, now=d.now)
+    checks = ",\n".join(f"    CONSTRAINT {n} CHECK ({c})" for n, c in constraints(d))
+    return "CREATE TABLE IF NOT EXISTS " + name + " (" + columns + ",\n" + checks + ")"
+
+
+def job_indexes() -> tuple[str, ...]:
+    return _INDEXES
+
+
+def side_tables(d: Dialect) -> list[str]:
+    return [s.format(float=d.float_type) for s in _SIDE_TABLES]
+
+
+def workers_table(d: Dialect) -> str:
+    return WORKERS_TABLE.format(float=d.float_type)

@@ -22,7 +22,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, StaticPool
 from .errors import RunnerError
 from .settings import async_url, backend_of
 
-__all__ = ["create_engine", "current_sessionmaker", "session_scope", "use_sessionmaker"]
+__all__ = ["create_engine", "current_sessionmaker", "make_sessionmaker", "session_scope", "sqlite_path", "use_sessionmaker"]
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 
@@ -55,8 +55,16 @@ def create_engine(
     )
 
 
+def sqlite_path(url: str) -> str | None:
+    """The file behind a SQLite URL, or None for an in-memory database."""
+    rest = url.split("://", 1)[1] if "://" in url else url
+    path = rest[1:] if rest.startswith("/") else rest
+    path = path.split("?", 1)[0]
+    return None if path in ("", ":memory:") or ":memory:" in url else path
+
+
 def _sqlite_engine(url: str, *, pool_size: int, max_overflow: int, **kwargs: Any) -> AsyncEngine:
-    memory = ":memory:" in url or url.rstrip("/").endswith("sqlite:") or url in ("sqlite://", "sqlite+aiosqlite://")
+    memory = sqlite_path(url) is None
     if memory:
         # Each :memory: connection is its own database: share one connection.
         kwargs.setdefault("poolclass", StaticPool)
@@ -228,12 +236,17 @@ def writer_lock() -> anyio.Lock:
 
 
 @contextlib.asynccontextmanager
-async def session_scope(bind: AsyncEngine | None = None) -> AsyncIterator[AsyncSession]:
-    """One transaction: commit on normal exit, rollback on any exception or cancellation.
+async def session_scope(
+    bind: AsyncEngine | None = None, *, factory: async_sessionmaker[AsyncSession] | None = None
+) -> AsyncIterator[AsyncSession]:
+    """One transaction: commit on normal exit, rollback on any exception or cancellation. The
+    runner opens each session-taking job's attempt with exactly this.
 
     :param bind: an engine to use instead of the worker's own (for scripts and tests).
+    :param factory: a sessionmaker to use (the worker passes its own).
     """
-    factory = make_sessionmaker(bind) if bind is not None else current_sessionmaker()
+    if factory is None:
+        factory = make_sessionmaker(bind) if bind is not None else current_sessionmaker()
     session = factory()
     try:
         yield session

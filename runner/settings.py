@@ -186,6 +186,16 @@ class Settings:
             values[name] = _cast(name, raw, source=f"--{name.replace('_', '-')}")
         return cls(**values)
 
+    @classmethod
+    def env_broker(cls, env: Mapping[str, str] | None = None) -> str | None:
+        """The broker named by ``RUNNER_BROKER`` (or ``RUNNER_BROKER_URL``), checked; None if unset.
+        What a producer process reads: it has no flags."""
+        env = os.environ if env is None else env
+        for key in ("RUNNER_BROKER", "RUNNER_BROKER_URL"):
+            if env.get(key):
+                return _cast("broker", env[key], source=key)  # type: ignore[no-any-return]
+        return None
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 

@@ -4,8 +4,14 @@ It owns no event loop, engine or connection, so forking from it is always safe, 
 any database outage untouched. Each worker gets a socketpair; frames (``wire.py``) carry
 readiness, heartbeats and hard deadlines up, and Drain/Stop down. Decisions:
 
-* a worker that exits or dies is replaced in the same slot (with backoff if it keeps dying young);
-  the new occupant gives back what the old one held before claiming (see ``worker.py``);
+* a worker that exits or dies is replaced in the same slot, by the reason it gave (``Stopped``):
+  recycled at once, crashed or killed at once (with backoff if it keeps dying), failed to start
+  with backoff; the new occupant settles what the old one held before claiming (``worker.py``);
+* a slot that cannot reach Ready after ``MAX_START_FAILURES`` tries in a row makes the whole host
+  stop and exit with code 3, naming the cause: systemd's and Docker's restart policies read that
+  code, and nothing runs at half capacity unnoticed. A worker that was ready and then died (kill
+  -9, the OOM killer, a segfaulting job) is replaced at once, every time: its slots sit idle until
+  it is, and a job that keeps killing workers is failed by ``--max-lost`` instead;
 * a worker whose job passed its hard deadline, or whose loop stopped sending heartbeats, is
   SIGKILLed and replaced; the job is handed to the new occupant to retry or fail by its policy;
 * SIGTERM or SIGINT: Drain every worker (stop claiming, finish within the grace period, re-queue
@@ -26,9 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .wire import Drain, Finished, Frame, FrameReader, Heartbeat, Ready, Started, Stop, Stopped, encode_frame
+from .frames import Drain, Finished, Frame, FrameReader, Ready, Started, Stop, Stopped, StopReason, encode_frame
 
-__all__ = ["Supervisor", "WorkerEntry"]
+__all__ = ["EXIT_GAVE_UP", "Supervisor", "WorkerEntry"]
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +43,8 @@ WorkerEntry = Callable[[int, socket.socket, Any], int]
 
 STARTUP_TIMEOUT = 120.0
 STOP_MARGIN = 15.0
-YOUNG_DEATH = 5.0
+MAX_START_FAILURES = 5  # tries in a row before the host gives up on a slot that never gets ready
+EXIT_GAVE_UP = 3
 
 
 @dataclass
@@ -53,10 +60,9 @@ class Slot:
     leaving: Stopped | None = None
     deadlines: dict[int, tuple[float, float]] = field(default_factory=dict)  # job -> (deadline, limit)
     kill_reason: Any = None
-    restarts: int = 0
+    start_failures: int = 0
     next_start: float = 0.0
     fault: Any = None
-    jobs_done: int = 0
 
 
 class Supervisor:
@@ -82,6 +88,7 @@ class Supervisor:
         self.stop_deadline = float("inf")
         self.forced = False
         self.sigints = 0
+        self.gave_up: str | None = None
 
     # -- main loop ------------------------------------------------------------------------------
 
@@ -94,7 +101,7 @@ class Supervisor:
         self.selector.register(wake_r, selectors.EVENT_READ, None)
         self._wake_fds = (wake_r, wake_w)
         try:
-            log.info("supervisor pid=%d starting %d workers", os.getpid(), len(self.slots))
+            log.info("supervisor pid=%d starting %d worker%s", os.getpid(), len(self.slots), "" if len(self.slots) == 1 else "s")
             for slot in self.slots:
                 self._spawn(slot)
             while any(not s.finished for s in self.slots):
@@ -112,6 +119,10 @@ class Supervisor:
                 signal.signal(sig, handler)
             wake_r.close()
             wake_w.close()
+        if self.gave_up is not None:
+            log.error("supervisor stopped: %s", self.gave_up)
+            print(f"runner serve: {self.gave_up}", file=sys.stderr)
+            return EXIT_GAVE_UP
         log.info("supervisor stopped")
         return 1 if self.forced else 0
 
@@ -181,26 +192,47 @@ class Supervisor:
         if os.WIFSIGNALED(status):
             how = f"signal {signal.Signals(os.WTERMSIG(status)).name}"
         slot.pid = 0
-        leaving = slot.leaving
-        if self.stopping or (leaving is not None and not leaving.replace):
+        leaving, now = slot.leaving, time.monotonic()
+        reason = leaving.reason if leaving is not None else None
+        if self.stopping or (reason is not None and not reason.replace):
             slot.finished = True
-            log.info("worker slot=%d left (%s, %s)", slot.index, leaving.reason if leaving else "stopping", how)
+            log.info("worker slot=%d left (%s, %s)", slot.index, reason.value if reason else "stopping", how)
             return
-        now = time.monotonic()
-        if leaving is not None:  # recycled on purpose: replace at once
-            log.info("worker slot=%d recycled (%s); replacing", slot.index, leaving.reason)
-            slot.restarts, slot.next_start = 0, now
-        else:
-            # Only a worker that never got ready is a crash loop worth slowing down; one killed
-            # mid-run (OOM killer, kill -9, a segfaulting job) is replaced at once, because
-            # its queue slots sit idle until it is.
-            young = not slot.ready and now - slot.started_at < YOUNG_DEATH
-            slot.restarts = slot.restarts + 1 if young else 0
-            backoff = min(30.0, 0.5 * 2 ** (slot.restarts - 1)) if young else 0.0
-            reason = slot.kill_reason.reason if slot.kill_reason is not None else "died"
-            log.warning("worker slot=%d %s (%s); restarting in %.1fs", slot.index, reason, how, backoff)
-            slot.next_start = now + backoff
         slot.fault = slot.kill_reason
+        if reason is StopReason.RECYCLED:
+            log.info("worker slot=%d recycled; replacing it", slot.index)
+            slot.next_start = now
+            return
+        detail = (leaving.detail if leaving is not None else "") or how
+        # Killed from outside before it was ready (kill -9, the OOM killer) is not a failure to
+        # start; crashing by itself (a segfault, an exit) or timing out at startup is.
+        killed_from_outside = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL and slot.kill_reason is None
+        if reason is StopReason.STARTUP_FAILED or (reason is None and not slot.ready and not killed_from_outside):
+            self._start_failed(slot, detail, now)
+        else:
+            self._died(slot, detail, now)
+
+    def _start_failed(self, slot: Slot, detail: str, now: float) -> None:
+        slot.start_failures += 1
+        if slot.start_failures >= MAX_START_FAILURES:
+            self._give_up(f"worker slot {slot.index} could not start {slot.start_failures} times in a row; last: {detail}")
+            return
+        backoff = min(30.0, 0.5 * 2 ** (slot.start_failures - 1))
+        log.error("worker slot=%d failed to start (%s); try %d of %d in %.1fs", slot.index, detail, slot.start_failures + 1, MAX_START_FAILURES, backoff)
+        slot.next_start = now + backoff
+
+    def _died(self, slot: Slot, detail: str, now: float) -> None:
+        """Killed (kill -9, the OOM killer, a hard limit) or crashed after it was ready: replaced
+        at once, because its queue slots sit idle until it is."""
+        why = slot.kill_reason.reason if slot.kill_reason is not None else "died"
+        log.warning("worker slot=%d %s (%s); restarting in 0.0s", slot.index, why, detail)
+        slot.next_start = now
+
+    def _give_up(self, why: str) -> None:
+        """Stop the whole host: better a loud exit than a host serving at part capacity."""
+        log.error("%s; stopping every worker", why)
+        self.gave_up = why
+        self._begin_stop()
 
     def _respawn(self, now: float) -> None:
         if self.stopping:
@@ -246,14 +278,13 @@ class Supervisor:
             self._on_frame(slot, frame)
 
     def _on_frame(self, slot: Slot, frame: Frame) -> None:
-        if isinstance(frame, Heartbeat):
-            slot.jobs_done = frame.done
-        elif isinstance(frame, Started):
-            slot.deadlines[frame.job_id] = (frame.hard_deadline, frame.limit or max(0.0, frame.hard_deadline - time.time()))
+        if isinstance(frame, Started):
+            slot.deadlines[frame.job_id] = (frame.hard_deadline, frame.limit)
         elif isinstance(frame, Finished):
             slot.deadlines.pop(frame.job_id, None)
         elif isinstance(frame, Ready):
             slot.ready = True
+            slot.start_failures = 0
             log.info("worker slot=%d pid=%d ready", slot.index, frame.pid)
         elif isinstance(frame, Stopped):
             slot.leaving = frame
@@ -313,15 +344,20 @@ class Supervisor:
                 self.sigints += 1
             if not self.stopping:
                 log.warning("%s received: draining workers (grace %.0fs); press Ctrl-C again to stop fast", signal.Signals(signum).name, self.grace)
-                self.stopping = True
-                self.stop_deadline = time.monotonic() + self.grace + STOP_MARGIN
-                for slot in self.slots:
-                    if slot.pid == 0:
-                        slot.finished = True
-                    self._send(slot, Drain(self.grace))
+                self._begin_stop()
             elif signum == signal.SIGINT and self.sigints >= 2 and not self.fast:
                 log.warning("second SIGINT: stopping fast; unfinished jobs are re-queued")
                 self.fast = True
                 self.stop_deadline = min(self.stop_deadline, time.monotonic() + STOP_MARGIN)
                 for slot in self.slots:
                     self._send(slot, Stop())
+
+    def _begin_stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.stop_deadline = time.monotonic() + self.grace + STOP_MARGIN
+        for slot in self.slots:
+            if slot.pid == 0:
+                slot.finished = True
+            self._send(slot, Drain(self.grace))

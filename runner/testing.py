@@ -27,7 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from .app import App
 from .client import JobHandle
+from .complete import Direct
+from .decide import NotRunnable
+from .drivers import Driver
+from .run_job import JobRunner, Running
+from .session import make_sessionmaker
 from .settings import Settings
+from .wire import BadRow
 from .worker import Worker
 
 __all__ = ["eager", "rollback_session", "run_burst"]
@@ -45,8 +51,8 @@ async def run_burst(app: App, broker: str, *, concurrency: int = 4, **settings: 
 class eager:  # noqa: N801 - used like a function: ``with eager(app):``
     """Within the block, ``job.defer(...)`` and ``defer_async`` run the job inline, on the
     caller's loop (or the client's private one for sync callers), against an in-memory SQLite
-    queue: the same SQL, claim and completion path as a worker, so handles, retries (run at
-    once), chaining and errors behave as in production.
+    queue: the same SQL, claim, decision and completion path as a worker, so handles, retries
+    (run at once), chaining and errors behave as in production.
 
     Use ``with eager(app):`` in sync code and ``async with eager(app):`` in async code (so the
     in-memory queue is closed on your loop). Jobs that take an ``AsyncSession`` get one on
@@ -58,31 +64,32 @@ class eager:  # noqa: N801 - used like a function: ``with eager(app):``
         self.app = app
         self.engine = engine
         self.handles: list[JobHandle] = []
-        self._executor: Any = None
+        self._runner: JobRunner | None = None
         self._previous: str | None = None
 
     def __enter__(self) -> list[JobHandle]:
         app = self.app
-        self._previous = app.broker
+        self._previous = app.configured_broker
         app.configure(broker="sqlite:///:memory:")  # a new client: patch that one, below
-        original = app.client.defer_many_async
+        client = app.client
+        original = client.enqueue
 
-        async def defer_many_async(calls: Any, *, session: Any = None) -> list[JobHandle]:
-            made = await original(calls, session=session)
-            store = await app.client.store()
-            if self._executor is None:
-                self._executor = _eager_executor(app, store, self.engine)
-            await _run_inline(app, self._executor, store, [h.id for h in made])
+        async def enqueue(envelopes: Any, *, session: Any = None) -> list[JobHandle]:
+            made = await original(envelopes, session=session)
+            driver = await client.driver()
+            if self._runner is None:
+                self._runner = _eager_runner(app, driver, self.engine)
+            await _run_inline(app, self._runner, driver, [h.id for h in made])
             self.handles.extend(made)
             return made
 
-        app.client.defer_many_async = defer_many_async  # type: ignore[method-assign]
+        client.enqueue = enqueue  # type: ignore[method-assign]
         return self.handles
 
     def __exit__(self, *exc: object) -> None:
         self.app.client.close()
-        self.app.configure(broker=self._previous or "sqlite:///runner.db")
-        self.app.broker = self._previous
+        self.app.configure()
+        self.app.configured_broker = self._previous
 
     async def __aenter__(self) -> list[JobHandle]:
         return self.__enter__()
@@ -92,33 +99,30 @@ class eager:  # noqa: N801 - used like a function: ``with eager(app):``
         self.__exit__()
 
 
-def _eager_executor(app: App, store: Any, engine: AsyncEngine | None) -> Any:
-    from .run_job import Executor
-    from .session import make_sessionmaker
-
-    return Executor(
-        app, store, make_sessionmaker(engine or store.engine), exactly_once=engine is None, max_payload=app.max_payload,
-        max_result=1 << 20, thread_limiter=anyio.CapacityLimiter(4),
+def _eager_runner(app: App, driver: Driver, engine: AsyncEngine | None) -> JobRunner:
+    return JobRunner(
+        app, driver, sessions=make_sessionmaker(engine or driver.engine), exactly_once=engine is None,
+        completer=Direct(driver), thread_limiter=anyio.CapacityLimiter(4),
+        limits={"max_lost": 5, "max_result": 1 << 20, "max_payload": app.max_payload},
     )  # fmt: skip
 
 
-async def _run_inline(app: App, executor: Any, store: Any, ids: list[int]) -> None:
-    from .run_job import Running
-
+async def _run_inline(app: App, runner: JobRunner, driver: Driver, ids: list[int]) -> None:
     queues = sorted({j.queue for j in app.jobs.values()} | {app.default_queue} | set(app.routes.values()))
     owner = f"eager:{os.getpid()}"
     for _ in range(len(ids) * 50 + 1):  # bounded: retries run at once, chained jobs too
-        claimed = await store.claim(owner, queues, 100, 60.0)
+        claimed = await driver.claim(owner, queues, 100, 60.0)
         if not claimed:
-            pending = [r.id for r in await store.get_many(ids) if r.state == "queued"]
+            pending = [r.id for r in await driver.get_many(ids) if r.state == "queued"]
             if not pending:
                 return
-            await store.make_due(pending)
+            await driver.make_due(pending)
             continue
-        for row in claimed:
-            outcome = await executor.run(Running(row))
-            if outcome is not None:
-                await store.finish([outcome])
+        for item in claimed:
+            if isinstance(item, BadRow):
+                await runner.end(item, NotRunnable(item.error))
+            else:
+                await runner.run(Running(item))
 
 
 @contextlib.asynccontextmanager

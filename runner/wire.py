@@ -1,52 +1,55 @@
-"""The queue protocol: the job envelope, the job states, and the supervisor <-> worker frames.
+"""The queue protocol: what a producer writes (``Envelope``), what a worker runs (``Attempt``),
+and what each attempt leaves behind (``ErrorInfo``, ``AttemptRecord``).
 
-Three layers, each plain frozen msgspec data with a version field so that old rows and new
-workers (or the reverse) can meet during a rolling upgrade:
+Three layers, each plain frozen msgspec data with a version field, so old rows and new workers
+(or the reverse) can meet during a rolling upgrade:
 
-1. ``Envelope`` -- what a producer asks for. Arguments are JSON, so a row is readable in SQL and
-   any language can enqueue with one ``INSERT``. Nothing here is ever pickled.
-2. ``State`` -- ``queued -> running(lease) -> succeeded | failed | cancelled | expired``, plus
-   ``running -> queued`` for a retry or a lost lease. Every move is one guarded SQL statement
-   (``store/claim.py``, ``store/finish.py``).
-3. ``Frame`` -- length-prefixed msgpack frames on the socketpair between the supervisor and each
-   worker: ``Ready``, ``Heartbeat``, ``Started`` (job, hard deadline), ``Finished``, ``Stopped``
-   upwards; ``Drain`` and ``Stop`` downwards.
+1. ``Envelope`` -- one job as a producer asks for it; maps column for column onto
+   ``runner_jobs``. Arguments are JSON, so a row is readable in SQL and any language can enqueue
+   with one ``INSERT``. Nothing here is ever pickled.
+2. ``Attempt`` -- a claimed row, decoded once (``rows.py``) into typed fields: everything the
+   worker needs to run it, decide its outcome and write that outcome back. A row that cannot be
+   decoded becomes a ``BadRow`` instead, a value naming the column and what is accepted.
+3. The supervisor <-> worker frames live in ``frames.py``.
 
-New fields always get defaults (msgspec's schema-evolution rule), and decoders are built once.
+System fields have their own columns (``timeout``, ``hard_timeout``, ``callbacks``,
+``attempts``); ``meta`` belongs to the user alone. New fields always get defaults (msgspec's
+schema-evolution rule) and decoders are built once, at import.
 """
 
 from __future__ import annotations
 
-import struct
-from typing import Any, Final, Union
+from typing import Annotated, Any, Final
 
 import msgspec
 
-from .errors import SerializationError
+from .errors import PayloadTooLarge, SerializationError
 
 __all__ = [
-    "FINISHED_STATES",
+    "MAX_DEPTH",
+    "MAX_HISTORY",
     "PROTOCOL_VERSION",
-    "Claimed",
-    "Drain",
+    "Attempt",
+    "AttemptRecord",
+    "BadRow",
+    "Callbacks",
+    "ChildSpec",
     "Envelope",
     "ErrorInfo",
-    "Finished",
-    "Frame",
-    "FrameReader",
-    "Heartbeat",
-    "Ready",
-    "Started",
     "State",
-    "Stop",
-    "Stopped",
-    "decode_frame",
+    "check_depth",
     "decode_json",
-    "encode_frame",
     "encode_json",
+    "encode_json_bytes",
 ]
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 1  # the newest envelope version this code reads and writes
+MAX_DEPTH: Final = 64  # deepest nesting of lists/objects accepted in any JSON column
+MAX_HISTORY: Final = 20  # attempts kept in a row's history (the oldest are dropped)
+
+Int32 = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
+PositiveInt32 = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
 
 class State:
@@ -60,13 +63,45 @@ class State:
     EXPIRED: Final = "expired"  # expires_at passed before any worker started it
 
     ALL: Final = ("queued", "running", "succeeded", "failed", "cancelled", "expired")
+    FINAL: Final = ("succeeded", "failed", "cancelled", "expired")
 
 
-FINISHED_STATES: Final = frozenset({"succeeded", "failed", "cancelled", "expired"})
+class ChildSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """A job to enqueue when its parent ends: ``on_success`` children get the parent's result
+    prepended to their arguments, ``on_failure`` children the parent's id (unless
+    ``immutable``). Specs nest, so a chain ``a -> b -> c`` is ``a`` carrying ``b`` carrying ``c``."""
+
+    name: str
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    queue: str | None = None  # None: the parent's queue
+    priority: Int32 = 0
+    max_attempts: PositiveInt32 | None = None
+    key: str | None = None
+    timeout: Seconds | None = None
+    hard_timeout: Seconds | None = None
+    meta: dict[str, Any] | None = None
+    immutable: bool = False
+    on_success: tuple[ChildSpec, ...] = ()
+    on_failure: tuple[ChildSpec, ...] = ()
+
+
+class Callbacks(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """What ``runner_jobs.callbacks`` holds: the jobs to enqueue in the transaction that ends
+    this one, by how it ended."""
+
+    on_success: tuple[ChildSpec, ...] = ()
+    on_failure: tuple[ChildSpec, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.on_success or self.on_failure)
+
+
+NO_CALLBACKS: Final = Callbacks()
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
-    """One job as a producer asks for it; maps column-for-column onto ``runner_jobs``.
+    """One job as a producer asks for it; maps column for column onto ``runner_jobs``.
     ``gc=False``: a bulk enqueue makes tens of thousands at once, and an Envelope can never be
     part of a reference cycle (it holds JSON values), so the collector need not track it."""
 
@@ -81,32 +116,15 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc
     expires_at: float | None = None  # epoch seconds; None = never
     key: str | None = None  # idempotency key: one live job per key
     key_ttl: float | None = None  # not a column: also dedupe against a success this recent (s)
+    timeout: float | None = None  # soft limit of this call, seconds (None: the job's own)
+    hard_timeout: float | None = None  # hard limit of this call, seconds (None: the job's own)
     parent_id: int | None = None
     root_id: int | None = None
-    meta: dict[str, Any] | None = None  # headers, callbacks, per-call limits
+    meta: dict[str, Any] | None = None  # the user's own; runner never reads it
+    callbacks: Callbacks | None = None
 
 
-class Claimed(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    """A row as a claim returns it: arguments still raw text, decoded later by the executor,
-    so a row that cannot be decoded still belongs to someone who can mark it failed."""
-
-    id: int
-    name: str
-    args: str | None
-    kwargs: str | None
-    queue: str
-    attempt: int
-    max_attempts: int | None
-    lease_token: int
-    expires_at: float | None
-    parent_id: int | None
-    root_id: int | None
-    meta: str | None
-    created_at: float
-    run_at: float
-
-
-class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """What ``runner_jobs.error`` holds: enough for a person (and ``JobFailed``) to act on."""
 
     type: str
@@ -115,118 +133,125 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int = 0
 
 
-# --- supervisor <-> worker frames -----------------------------------------------------------
+class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One entry of ``runner_jobs.attempts``, the job's bounded history (newest last): who ran
+    the attempt, when, how it ended, and the error if it did not succeed."""
+
+    attempt: int
+    worker: str
+    started_at: float
+    finished_at: float
+    outcome: str  # the state the row moved to: succeeded, failed, queued (retry/given back), ...
+    error: ErrorInfo | None = None
+    note: str = ""  # "given back at shutdown", "worker lost", ...
 
 
-class Ready(msgspec.Struct, frozen=True, tag=True):
-    """Worker -> supervisor: the loop, engine and startup hooks are up; claiming begins."""
+class Attempt(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A claimed row, decoded once: every value typed and checked, so nothing downstream parses
+    a column again. Built only by ``rows.decode_row``."""
 
-    pid: int
-    slot: int
-
-
-class Heartbeat(msgspec.Struct, frozen=True, tag=True):
-    """Worker -> supervisor, every second from inside the loop: proof the loop still turns."""
-
-    running: int
-    done: int
-    rss_kb: int = 0
-
-
-class Started(msgspec.Struct, frozen=True, tag=True):
-    """Worker -> supervisor: job started; kill me if it is still running at ``hard_deadline``.
-    ``limit`` is the hard limit itself, so the message on the job names it exactly."""
-
-    job_id: int
-    hard_deadline: float
-    limit: float = 0.0
-
-
-class Finished(msgspec.Struct, frozen=True, tag=True):
-    """Worker -> supervisor: a job announced with ``Started`` is over."""
-
-    job_id: int
+    id: int
+    token: int  # the fencing token this attempt holds; every write it makes is guarded by it
+    owner: str  # the worker holding the lease
+    name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    queue: str
+    priority: int
+    attempt: int  # 1 for the first attempt
+    max_attempts: int | None  # the row's override; None: the job's policy
+    lost: int  # workers that died holding this job so far
+    run_at: float
+    expires_at: float | None
+    timeout: float | None
+    hard_timeout: float | None
+    key: str | None
+    parent_id: int | None
+    root_id: int | None
+    meta: dict[str, Any]
+    callbacks: Callbacks
+    created_at: float
+    started_at: float
 
 
-class Stopped(msgspec.Struct, frozen=True, tag=True):
-    """Worker -> supervisor: leaving on purpose (drained, recycled or broken); replace me unless
-    the supervisor itself is stopping."""
+class BadRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A claimed row that cannot become an ``Attempt``; failed alone by ``decide``, with a
+    message that names the column and what is accepted."""
 
-    reason: str
-    replace: bool = True
-
-
-class Drain(msgspec.Struct, frozen=True, tag=True):
-    """Supervisor -> worker: stop claiming, finish in-flight jobs within ``grace``, re-queue the rest."""
-
-    grace: float
-
-
-class Stop(msgspec.Struct, frozen=True, tag=True):
-    """Supervisor -> worker: fast stop; cancel in-flight jobs now and re-queue them."""
+    id: int
+    token: int
+    owner: str
+    name: str
+    attempt: int
+    lost: int
+    queue: str
+    started_at: float
+    error: ErrorInfo
 
 
-Frame = Union[Ready, Heartbeat, Started, Finished, Stopped, Drain, Stop]
-
-_HEADER = struct.Struct(">I")
-MAX_FRAME = 1 << 20
-_frame_encoder = msgspec.msgpack.Encoder()
-_frame_decoder = msgspec.msgpack.Decoder(Frame)
-
-
-def encode_frame(frame: Frame) -> bytes:
-    body = _frame_encoder.encode(frame)
-    return _HEADER.pack(len(body)) + body
-
-
-def decode_frame(body: bytes) -> Frame:
-    """Decode one frame body; raises ``msgspec.DecodeError`` (or ``ValidationError``) on junk."""
-    return _frame_decoder.decode(body)
-
-
-class FrameReader:
-    """Reassembles length-prefixed frames from a byte stream that arrives in arbitrary chunks."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[Frame]:
-        self._buf += data
-        frames: list[Frame] = []
-        while len(self._buf) >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(self._buf)
-            if size > MAX_FRAME:
-                raise ValueError(f"frame of {size} bytes exceeds the {MAX_FRAME}-byte limit")
-            end = _HEADER.size + size
-            if len(self._buf) < end:
-                break
-            body = bytes(self._buf[_HEADER.size : end])
-            del self._buf[:end]
-            frames.append(decode_frame(body))
-        return frames
-
-
-# --- JSON for arguments, results and progress ------------------------------------------------
+# --- JSON for arguments, results, progress and the system columns ----------------------------
 
 _json_encoder = msgspec.json.Encoder()
 _json_decoder = msgspec.json.Decoder()
 
+ACCEPTED_VALUES: Final = (
+    "None, bool, int, float, str, list, tuple, dict with str keys, datetime, date, time, UUID, "
+    "Decimal, enum, dataclass, msgspec.Struct"
+)
+
+
+def encode_json_bytes(value: Any, what: str = "value") -> bytes:
+    """Encode to JSON bytes, naming ``what`` in the error so the message points at the culprit."""
+    try:
+        return _json_encoder.encode(value)
+    except (TypeError, msgspec.EncodeError, OverflowError, ValueError, RecursionError) as exc:
+        raise SerializationError(f"{what} cannot be encoded as JSON ({exc}); accepted: {ACCEPTED_VALUES}") from None
+
 
 def encode_json(value: Any, what: str = "value") -> str:
-    """Encode to JSON text, naming ``what`` in the error so the message points at the culprit."""
-    try:
-        return _json_encoder.encode(value).decode()
-    except (TypeError, msgspec.EncodeError, OverflowError, ValueError) as exc:
-        raise SerializationError(
-            f"{what} cannot be encoded as JSON ({exc}); accepted: None, bool, int, float, str, "
-            "list, tuple, dict with str keys, datetime, date, UUID, Decimal, enum, dataclass, msgspec.Struct"
-        ) from exc
+    return encode_json_bytes(value, what).decode()
 
 
 def decode_json(text: str | bytes | None, what: str = "value") -> Any:
+    """Decode JSON text; any failure (bad UTF-8, bad syntax, nesting deeper than ``MAX_DEPTH``)
+    is a ``SerializationError`` naming ``what``."""
     if text is None:
         return None
     try:
-        return _json_decoder.decode(text)
+        value = _json_decoder.decode(text)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise SerializationError(f"{what} is not valid JSON ({exc})") from exc
+        raise SerializationError(f"{what} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise SerializationError(f"{what} nests deeper than {MAX_DEPTH} levels; accepted: at most {MAX_DEPTH}") from None
+    if _may_be_deep(text):
+        check_depth(value, what)
+    return value
+
+
+def _may_be_deep(text: str | bytes) -> bool:
+    """A cheap bound: a document with few brackets cannot nest deeply."""
+    if isinstance(text, str):
+        return text.count("[") + text.count("{") > MAX_DEPTH
+    return text.count(b"[") + text.count(b"{") > MAX_DEPTH
+
+
+def check_depth(value: Any, what: str, limit: int = MAX_DEPTH) -> None:
+    """Raise ``SerializationError`` if lists/dicts in ``value`` nest deeper than ``limit``.
+    Iterative, so a hostile value cannot exhaust the stack while being checked."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            raise SerializationError(f"{what} nests deeper than {limit} levels; accepted: at most {limit}")
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, tuple)))
+
+
+def check_size(size: int, limit: int, what: str, hint: str = "") -> None:
+    if size > limit:
+        raise PayloadTooLarge(f"{what} are {size:,} bytes of JSON; the limit is {limit:,} (--max-payload){hint}")

@@ -128,16 +128,14 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-async def store(broker_url: str) -> AsyncIterator[Any]:
-    """A migrated queue store on each backend (payload limit 10 kB, to test the limit cheaply)."""
-    from runner.session import create_engine
-    from runner.store import Store
+async def driver(broker_url: str) -> AsyncIterator[Any]:
+    """A migrated queue driver on each backend (payload limit 10 kB, to test the limit cheaply)."""
+    from runner.drivers import open_driver
 
-    engine = create_engine(broker_url, pool_size=4)
-    queue = Store(engine, max_payload=10_000)
+    queue = open_driver(broker_url, pool_size=4, max_payload=10_000)
     await queue.migrate()
     yield queue
-    await engine.dispose()
+    await queue.dispose()
 
 
 @pytest.fixture

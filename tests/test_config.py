@@ -17,13 +17,14 @@ from .conftest import REPO
 
 def test_public_api_is_pinned() -> None:
     assert sorted(runner.__all__) == [
-        "App", "ArgumentsError", "Call", "ConfigError", "Context", "EnqueueError", "Envelope",
-        "JobCancelled", "JobDef", "JobError", "JobExpired", "JobFailed", "JobHandle", "JobTimeout",
-        "LeaseLost", "PayloadTooLarge", "ResultTimeout", "Retry", "RunnerError", "SchemaError",
-        "SerializationError", "Settings", "State", "UnknownJob", "WorkerInfo", "create_engine", "session_scope",
+        "App", "ArgumentsError", "AttemptRecord", "Call", "CancelResult", "ChildSpec", "ConfigError", "Context",
+        "EnqueueError", "Envelope", "ErrorInfo", "JobCancelled", "JobDef", "JobError", "JobExpired", "JobFailed",
+        "JobHandle", "JobInfo", "JobTimeout", "LeaseLost", "PayloadTooLarge", "ResultTimeout", "Retry", "RunnerError",
+        "SchemaError", "SerializationError", "Settings", "State", "TimeLimitExceeded", "UnknownJob", "WorkerInfo",
+        "create_engine", "session_scope",
     ]  # fmt: skip
-    for name in runner.__all__:
-        assert hasattr(runner, name)
+    public = {name for name, value in vars(runner).items() if not name.startswith("_") and name != "annotations" and not isinstance(value, type(runner))}
+    assert public == set(runner.__all__), "every public name of the package is in __all__, and only those"
 
 
 def test_flags_win_over_environment_over_defaults() -> None:
@@ -75,7 +76,7 @@ def test_cli_rejects_bad_config_with_exit_code_2() -> None:
 
 
 def test_cli_migrate_enqueue_show_status(sqlite_url: str) -> None:
-    assert "version 1" in run_cli("migrate", "--broker", sqlite_url).stdout
+    assert "version 2" in run_cli("migrate", "--broker", sqlite_url).stdout
     enqueued = run_cli("enqueue", "-A", "tests.apps.basic", "--broker", sqlite_url, "tests.apps.basic.add", "--args", "[2, 3]")
     assert enqueued.returncode == 0, enqueued.stderr
     job_id = enqueued.stdout.strip()

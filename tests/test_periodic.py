@@ -11,8 +11,9 @@ import pytest
 
 from runner import App
 from runner.errors import ConfigError
-from runner.scheduler import MISFIRE_GRACE, Cron, Every, Scheduler
-from runner.store import Store
+from runner.drivers import Driver
+from runner.scheduler import MISFIRE_GRACE, Scheduler
+from runner.schedules import Cron, Every
 from tests.apps import periodic_app
 
 from .conftest import sql, wait_until
@@ -78,49 +79,49 @@ def test_bad_schedules_name_the_problem(kwargs: dict[str, Any], message: str) ->
     assert isinstance(info.value, ConfigError) or "arguments" in message
 
 
-async def test_many_schedulers_fire_each_time_once(store: Store) -> None:
+async def test_many_schedulers_fire_each_time_once(driver: Driver) -> None:
     app = _app()
     base = 300.0 * 3_334  # a whole five minutes
-    schedulers = [Scheduler(store, app.schedules) for _ in range(3)]
+    schedulers = [Scheduler(driver, app.schedules) for _ in range(3)]
     for s in schedulers:
         await s.start(now=base - 10)
     for now in (base, base + 1, base + 305):
         for s in schedulers:
             await s.tick(now=now)
     assert sum(s.fired for s in schedulers) == 2
-    rows = await store.get_many(list(range(1, 10)))
+    rows = await driver.get_many(list(range(1, 10)))
     assert [(r.name, r.args) for r in rows] == [(app.schedules[0].job.name, "[7]")] * 2
-    fired = sorted(t for (t,) in await _schedule_rows(store))
+    fired = sorted(t for (t,) in await _schedule_rows(driver))
     assert fired == [base, base + 300]
 
 
-async def test_missed_once_runs_one_catch_up_and_skip_runs_none(store: Store) -> None:
+async def test_missed_once_runs_one_catch_up_and_skip_runs_none(driver: Driver) -> None:
     for missed, expected in (("once", 1), ("skip", 0)):
         app = _app(missed)
         entry = app.schedules[0]
-        await store.fire(entry.name + missed, 1_000_000.0 - 60, entry.job.call(7).envelope(0))
+        await driver.fire(entry.name + missed, 1_000_000.0 - 60, entry.job.call(7).envelope(0))
         renamed = type(entry)(entry.name + missed, entry.job, entry.schedule, entry.args, entry.kwargs, entry.missed)
-        later = Scheduler(store, [renamed])
+        later = Scheduler(driver, [renamed])
         await later.start(now=1_000_000.0 + 3600)  # an hour of downtime: 60 fire times missed
         assert later.fired == expected, missed
-    never = Scheduler(store, [type(entry)("fresh", entry.job, entry.schedule, (7,), {}, "once")])
+    never = Scheduler(driver, [type(entry)("fresh", entry.job, entry.schedule, (7,), {}, "once")])
     await never.start(now=2_000_000.0)
     assert never.fired == 0, "a schedule with no history starts at its next fire time"
 
 
-async def test_a_fire_time_within_the_grace_is_not_missed(store: Store) -> None:
+async def test_a_fire_time_within_the_grace_is_not_missed(driver: Driver) -> None:
     app = _app("skip")
-    s = Scheduler(store, app.schedules)
+    s = Scheduler(driver, app.schedules)
     base = 300.0 * 3_334
     await s.start(now=base - 10)
     await s.tick(now=base + MISFIRE_GRACE / 2)  # a slow tick, not downtime
     assert s.fired == 1
 
 
-async def _schedule_rows(store: Store) -> list[tuple[float]]:
+async def _schedule_rows(driver: Driver) -> list[tuple[float]]:
     from sqlalchemy import text
 
-    async with store.engine.connect() as conn:
+    async with driver.engine.connect() as conn:
         return [tuple(r) for r in (await conn.execute(text("SELECT fire_at FROM runner_schedule"))).all()]  # type: ignore[misc]
 
 

@@ -118,8 +118,9 @@ def test_no_code_path_unpickles_evaluates_or_imports_by_data() -> None:
 
 
 def test_every_sql_statement_binds_its_values() -> None:
-    """SQL f-strings anywhere in runner/ may only splice module constants (column lists,
-    fragments), never a value: values always travel as bound parameters."""
+    """SQL f-strings anywhere in runner/ may only splice module or class constants (column
+    lists, fragments: UPPER_CASE names, or ``self.UPPER_CASE``), never a value: values always
+    travel as bound parameters."""
     checked = 0
     for path in RUNNER.rglob("*.py"):
         tree = ast.parse(path.read_text(), str(path))
@@ -133,6 +134,10 @@ def test_every_sql_statement_binds_its_values() -> None:
                             root = value.value
                             while isinstance(root, (ast.Call, ast.Attribute)):
                                 root = root.func if isinstance(root, ast.Call) else root.value
+                            node_value = value.value
+                            if isinstance(node_value, ast.Attribute) and isinstance(node_value.value, ast.Name) and node_value.value.id == "self":
+                                assert node_value.attr.lstrip("_").isupper(), f"{path.relative_to(RUNNER)} line {node.lineno}: splices self.{node_value.attr}"
+                                continue
                             assert isinstance(root, ast.Name) and root.id.lstrip("_").isupper(), (
                                 f"{path.relative_to(RUNNER)} line {node.lineno}: SQL f-string splices {ast.unparse(value.value)}"
                             )
@@ -165,74 +170,86 @@ async def test_bad_calls_through_the_api_are_refused_before_any_row_is_written(c
     assert await good.wait_async(5) == 42
 
 
-async def test_malformed_chained_jobs_fail_their_parent_and_the_worker_goes_on(configured: str) -> None:
-    """``meta.on_success`` / ``on_failure`` as a raw row may hold them: each spec is checked before
-    the outcome is written (a child that cannot be inserted used to make the outcome unwritable,
-    and one that could not even be built crashed the worker)."""
+async def test_malformed_chained_jobs_fail_their_row_and_the_worker_goes_on(configured: str) -> None:
+    """The ``callbacks`` column of a raw row may hold anything: it is decoded with the rest of
+    the row, and a malformed spec fails that row alone, naming the column and the field (a
+    child that could not be inserted used to make the outcome unwritable, and one that could not
+    even be built crashed the worker)."""
     hostile = [
-        {"on_success": [{"name": "tests.apps.basic.add", "key": 5}]},
-        {"on_success": [{"name": "tests.apps.basic.add", "queue": ["q"]}]},
-        {"on_success": [{"name": "tests.apps.basic.add", "priority": 10**12}]},
-        {"on_success": [{"name": "tests.apps.basic.add", "max_attempts": "x"}]},
-        {"on_success": [{"name": "tests.apps.basic.add", "kwargs": [1]}], "on_failure": [{"name": "x", "kwargs": [1]}]},
-        {"on_success": [{"name": "a\u0000b"}]},
-        {"on_success": {"name": "tests.apps.basic.add"}},
-        {"on_success": ["tests.apps.basic.add"]},
-        {"timeout": "soon"},
+        ({"on_success": [{"name": "tests.apps.basic.add", "key": 5}]}, "$.on_success[0].key"),
+        ({"on_success": [{"name": "tests.apps.basic.add", "queue": ["q"]}]}, "$.on_success[0].queue"),
+        ({"on_success": [{"name": "tests.apps.basic.add", "priority": 10**12}]}, "$.on_success[0].priority"),
+        ({"on_success": [{"name": "tests.apps.basic.add", "max_attempts": "x"}]}, "$.on_success[0].max_attempts"),
+        ({"on_failure": [{"name": "x", "kwargs": [1]}]}, "$.on_failure[0].kwargs"),
+        ({"on_success": [{"name": "a\u0000b"}]}, "NUL"),
+        ({"on_success": {"name": "tests.apps.basic.add"}}, "$.on_success"),
+        ({"on_success": ["tests.apps.basic.add"]}, "$.on_success[0]"),
+        ({"on_succes": []}, "unknown field `on_succes`"),
     ]
     # Through the API: a result under --max-result that, prepended to a chained job's arguments,
-    # puts that job over --max-payload; and a failing job whose errback spec is malformed.
+    # puts that job over --max-payload.
     too_big = await basic.big_result.options(on_success=basic.add.call("y" * 60_000)).defer_async(1_000_000)
-    bad_errback = await basic.boom.options(meta={"on_failure": [{"name": "tests.apps.basic.noop", "args": "oops"}]}).defer_async("kaput")
     ids = []
-    for meta in hostile:
-        text = json.dumps(meta).replace("'", "''")
-        ids.append(sql(configured, f"INSERT INTO runner_jobs (name, args, meta) VALUES ('tests.apps.basic.add', '[1, 2]', '{text}') RETURNING id")[0][0])
+    for callbacks, _ in hostile:
+        text = json.dumps(callbacks).replace("'", "''")
+        ids.append(sql(configured, f"INSERT INTO runner_jobs (name, args, callbacks) VALUES ('tests.apps.basic.add', '[1, 2]', '{text}') RETURNING id")[0][0])
     good = await basic.add.defer_async(3, 4)
     worker = await drain(configured)
     assert await good.wait_async(5) == 7
-    assert worker.writer.pending == 0
+    assert worker.completer.pending == 0
     errors = [json.loads(e) for (e,) in sql(configured, f"SELECT error FROM runner_jobs WHERE id IN ({','.join(map(str, ids))}) ORDER BY id")]
     assert len(errors) == len(hostile)
-    for meta, error in zip(hostile[:-1], errors[:-1]):
-        assert error["type"] == "SerializationError", (meta, error)
-        assert "on_success chained jobs cannot be enqueued: meta.on_success" in error["message"], (meta, error)
-    assert "key" in errors[0]["message"] and "$.queue" in errors[1]["message"] and "$.priority" in errors[2]["message"]
-    assert "NUL" in errors[5]["message"] and "must be a list of chained jobs" in errors[6]["message"]
-    assert "timeout must be a number of seconds" in errors[-1]["message"]
+    for (callbacks, where), error in zip(hostile, errors):
+        assert error["type"] == "SerializationError", (callbacks, error)
+        assert error["message"].startswith("callbacks column") and where in error["message"], (callbacks, error)
     big = error_of(configured, too_big.id)
-    assert big["type"] == "PayloadTooLarge" and "chained job tests.apps.basic.add (meta.on_success[0])" in big["message"]
-    errback = error_of(configured, bad_errback.id)
-    assert errback["type"] == "ValueError" and errback["message"].startswith("kaput (its on_failure chained jobs cannot be enqueued")
-    assert states_of(configured) == {"succeeded": 1, "failed": len(hostile) + 2}
+    assert big["type"] == "PayloadTooLarge" and "chained job tests.apps.basic.add (on_success[0])" in big["message"]
+    assert states_of(configured) == {"succeeded": 1, "failed": len(hostile) + 1}
+    assert sql(configured, "SELECT count(*) FROM runner_jobs WHERE parent_id IS NOT NULL") == [(0,)], "no child was enqueued"
+
+
+async def test_a_malformed_chained_job_is_refused_at_enqueue(configured: str) -> None:
+    from runner import ArgumentsError, ChildSpec
+
+    with pytest.raises(ArgumentsError, match=r"option on_failure=.*Expected `array`, got `str` - at `\$\[0\]\.args`"):
+        await basic.boom.options(on_failure=ChildSpec(name="tests.apps.basic.noop", args="oops")).defer_async("kaput")  # type: ignore[arg-type]
+    with pytest.raises(ArgumentsError, match="accepted: a job.call"):
+        await basic.boom.options(on_failure="tests.apps.basic.noop").defer_async("kaput")
+    good = await basic.add.defer_async(1, 2)
+    assert sql(configured, "SELECT id FROM runner_jobs") == [(good.id,)], "nothing of the refused calls was written"
 
 
 def states_of(url: str) -> dict[str, int]:
     return dict(sql(url, "SELECT state, count(*) FROM runner_jobs GROUP BY state"))
 
 
-async def test_an_outcome_whose_children_cannot_be_inserted_is_failed_not_retried_forever(store: Any) -> None:
-    """Defence in depth behind the executor's checks: the outcome writer never keeps retrying a
-    batch that fails because of its data (it would hold every other outcome back for good)."""
-    import anyio
+async def test_an_outcome_whose_children_cannot_be_inserted_is_failed_not_retried_forever(driver: Any) -> None:
+    """Defence in depth behind ``decide``'s checks: the completer never keeps retrying a batch
+    that fails because of its data (it would hold every other outcome back for good)."""
+    import time
 
-    from runner.outcomes import OutcomeWriter
-    from runner.store import Outcome
+    import anyio
+    import msgspec
+
+    from runner.complete import Batched
+    from runner.decide import Returned, decide
+    from runner.policy import Policy
     from runner.wire import Envelope
 
-    await store.enqueue([Envelope(name="a"), Envelope(name="b")])
-    first, second = await store.claim("owner:1:0", ["default"], 2, 30)
-    writer = OutcomeWriter(store)
+    await driver.enqueue([Envelope(name="a"), Envelope(name="b")])
+    first, second = await driver.claim("owner:1:0", ["default"], 2, 30)
+    completer = Batched(driver)
     poisoned = Envelope(name="child", args=[object()])  # cannot be encoded: the insert fails
-    writer.add(Outcome(first.id, first.lease_token, "succeeded", result="1", children=(poisoned,), finished_at=1.0))
-    writer.add(Outcome(second.id, second.lease_token, "succeeded", result="2", finished_at=1.0))
+    one = msgspec.structs.replace(decide(first, Policy(), Returned(1), now=time.time()), children=(poisoned,))
+    await completer.complete(one)
+    await completer.complete(decide(second, Policy(), Returned(2), now=time.time()))
     async with anyio.create_task_group() as tg:
-        tg.start_soon(writer.run)
+        tg.start_soon(completer.run)
         with anyio.fail_after(10):
-            while writer.pending:
+            while completer.pending:
                 await anyio.sleep(0.02)
         tg.cancel_scope.cancel()
-    a, b = await store.get(first.id), await store.get(second.id)
+    a, b = await driver.get(first.id), await driver.get(second.id)
     assert (a.state, b.state, b.result) == ("failed", "succeeded", "2")
-    assert json.loads(a.error)["type"] == "ChainError" and "could not be enqueued" in json.loads(a.error)["message"]
-    assert (await store.get(first.id + 2)) is None  # no child row
+    assert json.loads(a.error)["type"] == "ChainError" and "could not be written with its chained jobs" in json.loads(a.error)["message"]
+    assert (await driver.get(first.id + 2)) is None  # no child row

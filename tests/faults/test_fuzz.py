@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner.wire import Drain, FrameReader, Heartbeat, Ready, Started, Stop, Stopped, decode_frame, encode_frame
+from runner.frames import Drain, FrameReader, Heartbeat, Ready, Started, Stop, Stopped, StopReason, decode_frame, encode_frame
+from runner.rows import CLAIM_COLUMNS, decode_row
 
-
-FRAMES = [Ready(1, 0), Heartbeat(3, 9, 1234), Started(7, 123.5), Stopped("burst", False), Drain(30.0), Stop()]
+FRAMES = [Ready(1, 0), Heartbeat(), Started(7, 123.5, 1.0), Stopped(StopReason.CRASHED, "boom"), Drain(30.0), Stop()]
 
 
 @given(st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=40))
@@ -61,22 +61,45 @@ def test_binding_any_json_gives_arguments_or_arguments_error(args: list[object],
             assert str(exc).startswith(f"arguments do not match {job.name}(")
 
 
+def _row(name: object, args: object, kwargs: object, meta: object, callbacks: object = None, **columns: object) -> tuple[object, ...]:
+    """A claimed row in CLAIM_COLUMNS order, with any values in its columns."""
+    values = {
+        "id": 1, "lease_token": 1, "lease_owner": "fuzz:1:0", "v": 1, "name": name, "args": args, "kwargs": kwargs,
+        "queue": "default", "priority": 0, "attempt": 1, "max_attempts": None, "lost": 0, "run_at": 0.0,
+        "expires_at": None, "timeout": None, "hard_timeout": None, "key": None, "parent_id": None, "root_id": None,
+        "meta": meta, "callbacks": callbacks, "created_at": 0.0, "started_at": 0.0,
+    }  # fmt: skip
+    values.update(columns)
+    return tuple(values[c] for c in CLAIM_COLUMNS)
+
+
+ANY_COLUMN = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.binary(max_size=20), st.text(max_size=10),
+    JSON.map(lambda v: msgspec.json.encode(v).decode()),
+)  # fmt: skip
+
+
 @given(st.one_of(st.binary(max_size=40).map(lambda b: b.decode("latin-1")), JSON.map(lambda v: msgspec.json.encode(v).decode())))
 @settings(max_examples=300, deadline=None)
-def test_decoding_any_row_text_gives_values_or_serialization_error(text: str) -> None:
-    from runner.errors import PayloadTooLarge, SerializationError
-    from runner.run_job import Executor
-    from runner.wire import Claimed
+def test_decoding_any_row_text_gives_an_attempt_or_a_bad_row(text: str) -> None:
+    from runner.wire import Attempt, BadRow
 
-    executor = Executor.__new__(Executor)
-    executor.max_payload = 1 << 20
-    row = Claimed(1, "tests.apps.basic.add", text, text, "default", 1, None, 1, None, None, None, text, 0.0, 0.0)
-    try:
-        args, kwargs, meta = executor._decode(row)
-    except (SerializationError, PayloadTooLarge) as exc:
-        assert "column" in str(exc) or "limit" in str(exc)
+    item = decode_row(_row("tests.apps.basic.add", text, text, text, text), 1 << 20)
+    if isinstance(item, BadRow):
+        assert "column" in item.error.message or "limit" in item.error.message, item.error
     else:
-        assert isinstance(args, list) and isinstance(kwargs, dict) and isinstance(meta, dict)
+        assert isinstance(item, Attempt) and isinstance(item.args, list) and isinstance(item.kwargs, dict)
+
+
+@given(st.dictionaries(st.sampled_from(CLAIM_COLUMNS), ANY_COLUMN, max_size=6))
+@settings(max_examples=500, deadline=None)
+def test_any_value_in_any_column_decodes_to_a_value_never_an_exception(columns: dict[str, object]) -> None:
+    from runner.wire import Attempt, BadRow
+
+    base = dict(zip(CLAIM_COLUMNS, _row("x", "[]", "{}", None)))
+    base.update(columns)
+    item = decode_row(tuple(base[c] for c in CLAIM_COLUMNS), 1 << 20)
+    assert isinstance(item, (Attempt, BadRow))
 
 
 # -- a whole attempt on an arbitrary row: always an Outcome, never an exception ---------------------
@@ -84,13 +107,10 @@ def test_decoding_any_row_text_gives_values_or_serialization_error(text: str) ->
 CHAIN_VALUE = st.one_of(JSON, st.integers(min_value=-(2**40), max_value=2**40))
 CHAIN_SPEC = st.fixed_dictionaries(
     {"name": st.one_of(st.just("tests.apps.basic.noop"), JSON)},
-    optional={f: CHAIN_VALUE for f in ("args", "kwargs", "queue", "priority", "max_attempts", "key", "meta", "immutable")},
+    optional={f: CHAIN_VALUE for f in ("args", "kwargs", "queue", "priority", "max_attempts", "key", "meta", "immutable", "timeout")},
 )
 CHAINS = st.one_of(JSON, st.lists(st.one_of(CHAIN_SPEC, CHAIN_SPEC, JSON), max_size=3))
-META = st.fixed_dictionaries(
-    {},
-    optional={"on_success": CHAINS, "on_failure": CHAINS, "timeout": st.one_of(JSON, st.floats(min_value=-1, max_value=5))},
-)
+CALLBACKS = st.fixed_dictionaries({}, optional={"on_success": CHAINS, "on_failure": CHAINS})
 ROW_TEXT = st.one_of(st.binary(max_size=30).map(lambda b: b.decode("latin-1")), JSON.map(lambda v: msgspec.json.encode(v).decode()))
 _encode = lambda v: msgspec.json.encode(v).decode()  # noqa: E731
 # Weighted towards rows that bind and run, so that the outcome paths (results, chains) get fuzzed
@@ -104,42 +124,51 @@ NAMES = st.sampled_from(
 )  # fmt: skip
 ARGS = st.one_of(st.sampled_from(["[]", "[1, 2]", "[3]", '["x"]']), ROW_TEXT, st.lists(JSON, max_size=3).map(_encode))
 KWARGS = st.one_of(st.sampled_from(["{}", ""]), ROW_TEXT)
-META_TEXT = st.one_of(st.none(), ROW_TEXT, JSON.map(_encode), META.map(_encode), META.map(_encode), META.map(_encode))
+META_TEXT = st.one_of(st.none(), ROW_TEXT, JSON.map(_encode))
+CALLBACKS_TEXT = st.one_of(st.none(), ROW_TEXT, CALLBACKS.map(_encode), CALLBACKS.map(_encode), CALLBACKS.map(_encode))
 DOCUMENTED = {
-    "UnknownJob", "ArgumentsError", "SerializationError", "PayloadTooLarge", "ValueError", "KeyError",
-    "runner.errors.JobTimeout", "tests.apps.basic.BadStr",
+    "UnknownJob", "ArgumentsError", "SerializationError", "PayloadTooLarge", "ValueError", "KeyError", "JobTimeout",
+    "tests.apps.basic.BadStr", "ResultTooLarge",
 }  # fmt: skip
 
 
-def _attempt(name: str, args: str, kwargs: str, meta: str | None) -> None:
-    """Run one attempt of this row in the executor; it must end in an Outcome whose error (if
+def _attempt(name: str, args: str, kwargs: str, meta: str | None, callbacks: str | None) -> None:
+    """Run one attempt of this row as the worker does; it must end in an Outcome whose error (if
     any) is one of the documented ones, and whose chained children can all be inserted."""
     import anyio
 
-    from runner.errors import JobTimeout
-    from runner.run_job import Executor, Running
-    from runner.store import Outcome
-    from runner.wire import Claimed, ErrorInfo
+    from runner.complete import Completer
+    from runner.decide import NotRunnable, Outcome
+    from runner.run_job import JobRunner, Running
+    from runner.wire import BadRow
     from tests.apps.basic import app
 
-    row = Claimed(1, name, args, kwargs, "default", 1, None, 1, None, None, None, meta, 0.0, 0.0)
+    written: list[Outcome] = []
 
-    async def attempt() -> Outcome | None:
-        executor = Executor(
-            app, None, None, exactly_once=False, max_payload=4096, max_result=4096,  # type: ignore[arg-type]
-            thread_limiter=anyio.CapacityLimiter(2), timeout_exception=JobTimeout,
+    class Capture(Completer):
+        async def complete(self, outcome: Outcome, session: object = None) -> None:
+            written.append(outcome)
+
+    item = decode_row(_row(name, args, kwargs, meta, callbacks), 4096)
+
+    async def attempt() -> None:
+        runner = JobRunner(
+            app, None, sessions=None, exactly_once=False, completer=Capture(),  # type: ignore[arg-type]
+            thread_limiter=anyio.CapacityLimiter(2), limits={"max_lost": 5, "max_result": 4096, "max_payload": 4096},
         )  # fmt: skip
         with anyio.fail_after(10):
-            return await executor.run(Running(row))
+            if isinstance(item, BadRow):
+                await runner.end(item, NotRunnable(item.error))
+            else:
+                await runner.run(Running(item))
 
-    outcome = anyio.run(attempt)
-    assert isinstance(outcome, Outcome)
+    anyio.run(attempt)
+    (outcome,) = written
     assert outcome.state in ("succeeded", "failed", "queued")
     if outcome.error is not None:
-        error = msgspec.json.decode(outcome.error, type=ErrorInfo)
-        assert error.type in DOCUMENTED, error
-        assert error.message
-    for child in outcome.children:  # what the outcome writer will insert: always insertable
+        assert outcome.error.type in DOCUMENTED, outcome.error
+        assert outcome.error.message
+    for child in outcome.children:  # what the completer will insert: always insertable
         assert isinstance(child.name, str) and "\x00" not in child.name
         assert isinstance(child.queue, str) and isinstance(child.priority, int) and abs(child.priority) < 2**31
         assert child.key is None or isinstance(child.key, str)
@@ -147,11 +176,11 @@ def _attempt(name: str, args: str, kwargs: str, meta: str | None) -> None:
         assert len(msgspec.json.encode(child.args)) + len(msgspec.json.encode(child.kwargs)) <= 4096
 
 
-@given(NAMES, ARGS, KWARGS, META_TEXT)
+@given(NAMES, ARGS, KWARGS, META_TEXT, CALLBACKS_TEXT)
 @settings(max_examples=300, deadline=None)
-def test_running_any_row_ends_in_an_outcome_with_a_documented_error(name: str, args: str, kwargs: str, meta: str | None) -> None:
-    """The executor on rows no producer API would write: any name, any text in the columns."""
-    _attempt(name, args, kwargs, meta)
+def test_running_any_row_ends_in_an_outcome_with_a_documented_error(name: str, args: str, kwargs: str, meta: str | None, callbacks: str | None) -> None:
+    """Rows no producer API would write: any name, any text in the columns."""
+    _attempt(name, args, kwargs, meta, callbacks)
 
 
 RUNNABLE = st.sampled_from(
@@ -160,10 +189,10 @@ RUNNABLE = st.sampled_from(
 )  # fmt: skip
 
 
-@given(RUNNABLE, META)
+@given(RUNNABLE, CALLBACKS)
 @settings(max_examples=300, deadline=None)
-def test_any_chained_jobs_in_meta_end_in_an_outcome_that_can_be_written(job: tuple[str, str], meta: dict[str, object]) -> None:
-    """Jobs that run (succeed or fail) under arbitrary ``meta``: the chained-job specs. (The bug
-    this found: a malformed spec raised out of the executor and took the worker down, or built a
-    child whose INSERT failed and held the worker's outcome writer in a retry loop for good.)"""
-    _attempt(*job, "{}", msgspec.json.encode(meta).decode())
+def test_any_chained_jobs_end_in_an_outcome_that_can_be_written(job: tuple[str, str], callbacks: dict[str, object]) -> None:
+    """Jobs that run (succeed or fail) under arbitrary ``callbacks``: the chained-job specs. (The
+    bug this found: a malformed spec raised out of the executor and took the worker down, or built
+    a child whose INSERT failed and held the worker's outcome writer in a retry loop for good.)"""
+    _attempt(*job, "{}", None, msgspec.json.encode(callbacks).decode())

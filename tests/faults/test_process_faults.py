@@ -115,7 +115,7 @@ def test_hard_time_limit_kills_and_replaces_the_worker(broker_url: str, serve: A
 def test_a_job_blocking_the_event_loop_is_killed_and_failed_by_the_lost_job_policy(broker_url: str, serve: Any) -> None:
     """`time.sleep` in an async job stops the worker's heartbeats: the supervisor kills it and the
     slot's next worker gives the job back. The supervisor cannot tell which job blocked the loop,
-    so the job counts as lost; at ``max_lost`` (here 2) it fails with ``WorkerLost``. One job per
+    so the job counts as lost; at ``max_lost`` (here 2) it fails with ``WorkerUnresponsive``. One job per
     worker (-c 1) keeps bystanders out of the frozen worker: they run on the other one."""
     prepare(broker_url)
     (blocker,) = enqueue(broker_url, [basic.blocks_loop.call(60)])
@@ -129,7 +129,7 @@ def test_a_job_blocking_the_event_loop_is_killed_and_failed_by_the_lost_job_poli
     assert proc.output.count("unresponsive (signal SIGKILL); restarting") == 2, proc.output[-3000:]
     ((state, lost, error),) = sql(broker_url, f"SELECT state, lost, error FROM runner_jobs WHERE id = {blocker}")
     assert (state, lost) == ("failed", 2), error
-    assert json.loads(error)["type"] == "WorkerLost"
+    assert json.loads(error)["type"] == "WorkerUnresponsive" and "stopped answering" in json.loads(error)["message"]
     good_list = ",".join(map(str, good))
     assert sql(broker_url, f"SELECT state, lost, count(*) FROM runner_jobs WHERE id IN ({good_list}) GROUP BY state, lost") == [
         ("succeeded", 0, len(good))

@@ -38,8 +38,10 @@ from typing import Any
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 
+from ...client import worker_thread
 from .exceptions import SoftTimeLimitExceeded, Terminated
 
 __all__ = ["AttemptState", "install", "original_asyncio_run", "run_sync_body", "soft_limited"]
@@ -127,12 +129,16 @@ async def run_sync_body(fn: Callable[[], Any], state: AttemptState) -> Any:
     limit into the thread (or into its bridged coroutine), and a cancellation (revoke with
     ``terminate=True``) as ``Terminated``; the thread is always waited for."""
 
+    token = anyio.lowlevel.current_token()
+
     def call() -> Any:
         state.thread_id = threading.get_ident()
         _local.state = state
+        worker_thread(token)  # the sync API (delay(), get()) runs on this worker's loop
         try:
             return fn()
         finally:
+            worker_thread(None)
             _local.state = None
             state.thread_id = None
 

@@ -1,8 +1,8 @@
 """Signatures and workflows: ``signature``/``s``/``si``, ``chain`` (``|``), ``group``, ``chord``.
 
-Built on runner's chaining: a job's ``meta.on_success`` lists child jobs that are inserted in the
+Built on runner's chaining: a job's ``on_success`` callbacks are child jobs inserted in the
 same transaction as the parent's completion, with the parent's result prepended to their
-arguments (unless immutable); ``meta.on_failure`` does the same for errbacks. So
+arguments (unless immutable); ``on_failure`` does the same for errbacks. So
 ``chain(a.s(1), b.s(), c.s())`` enqueues ``a`` carrying the specs of ``b`` and ``c``; the result
 handed back names ``c`` by a path (``"<a's id>/<b's canvas id>/<c's canvas id>"``, see result.py).
 
@@ -21,16 +21,34 @@ from typing import Any
 
 from ...app import Context as RunnerContext
 from ...errors import Retry as RunnerRetry
-from ...wire import decode_json
+from ...wire import ChildSpec, decode_json
 from .exceptions import ChordError
 
-__all__ = ["Signature", "callback_specs", "chain", "chord", "group", "maybe_signature", "signature"]
+__all__ = ["Signature", "callback_specs", "chain", "child_specs", "chord", "group", "maybe_signature", "signature"]
 
 CHORD_UNLOCK = "celery.chord_unlock"
 
 
 class _Spec(dict):  # type: ignore[type-arg]
-    """A child-job spec for runner's ``meta.on_success``/``on_failure`` (not a Signature)."""
+    """A child-job spec (not a Signature): name, args, kwargs, queue, priority, immutable, and a
+    meta whose ``on_success``/``on_failure`` hold its own children; ``child_specs`` turns it into
+    runner's typed ``ChildSpec``."""
+
+
+def child_specs(specs: list[Any]) -> tuple[ChildSpec, ...]:
+    """Shim specs as runner's typed chained jobs (their children nested the same way)."""
+    out = []
+    for spec in specs:
+        meta = dict(spec.get("meta") or {})
+        on_success, on_failure = meta.pop("on_success", None) or [], meta.pop("on_failure", None) or []
+        out.append(
+            ChildSpec(
+                name=spec["name"], args=list(spec.get("args") or []), kwargs=dict(spec.get("kwargs") or {}),
+                queue=spec.get("queue"), priority=int(spec.get("priority") or 0), immutable=bool(spec.get("immutable")),
+                meta=meta or None, on_success=child_specs(on_success), on_failure=child_specs(on_failure),
+            )  # fmt: skip
+        )
+    return tuple(out)
 
 
 def _current_app() -> Any:
@@ -459,12 +477,14 @@ def _submit(app: Any, steps: list[Any], options: dict[str, Any]) -> Any:
             raise NotImplementedError("a group inside a chord's header is not supported by the runner shim")
         body_specs, body_template = _specs(app, _normalize([first.body, *rest]), [])
         unlock = app.runner.jobs[CHORD_UNLOCK]
-        meta = {"celery": {}, "on_success": body_specs, "on_failure": [_failure_variant(s) for s in body_specs]}
         import time
 
         from .producer import call_sync
 
-        envelope = unlock.options(meta=meta, queue=app.conf.task_default_queue).call([h.id for h in headers]).envelope(time.time())
+        envelope = unlock.options(
+            meta={"celery": {}}, queue=app.conf.task_default_queue, on_success=child_specs(body_specs),
+            on_failure=child_specs([_failure_variant(s) for s in body_specs]),
+        ).call([h.id for h in headers]).envelope(time.time())  # fmt: skip
         (unlock_id,) = call_sync(app.runner_app, app.enqueue_async, [envelope])
         return _materialize(app, body_template, str(unlock_id))
     return _submit_signature(app, first, rest, options)

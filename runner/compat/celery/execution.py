@@ -11,7 +11,7 @@ turns the outcome into what runner understands: a return value, ``runner.errors.
 
 Retry limits are Celery's: the runner job itself may run almost without limit, and
 ``task.retry()`` decides (``max_retries``, ``None`` = forever). ``retry(args=..., kwargs=...)``
-stores the new arguments in the row's ``progress`` column, read back by the next attempt.
+becomes runner's ``Retry(new_args=..., new_kwargs=...)``: the row's arguments are replaced.
 """
 
 from __future__ import annotations
@@ -301,16 +301,6 @@ async def _row(task: Task, job_id: int) -> Any:
     return await (await store_for(task.app.runner)).get(job_id)
 
 
-def _progress_of(row: Any) -> dict[str, Any]:
-    if row is None or not row.progress:
-        return {}
-    try:
-        value = decode_json(row.progress)
-    except Exception:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _positional_params(task: Task) -> int:
     try:
         params = inspect.signature(task.run).parameters.values()
@@ -355,14 +345,6 @@ async def execute(task: Task, ctx: RunnerContext, args: list[Any], kwargs: dict[
     conf = app.conf
     meta = (ctx.meta or {}).get("celery") or {}
     progress: dict[str, Any] = {}
-    if ctx.attempt > 1:
-        progress = _progress_of(await _row(task, ctx.job_id))
-        carried = progress.get("retry")
-        if isinstance(carried, dict):
-            if carried.get("args") is not None:
-                args = list(carried["args"])
-            if carried.get("kwargs") is not None:
-                kwargs = dict(carried["kwargs"])
     if meta.get("errback"):
         args = args[1:] if meta.get("errback_immutable") else await _errback_args(task, args)
     if meta.get("chord_error"):
@@ -404,14 +386,10 @@ async def _conclude(outcome: Outcome, request: Context) -> Any:
         retry = outcome.retry
         assert retry is not None
         new_args, new_kwargs = getattr(retry, "new_args", None), getattr(retry, "new_kwargs", None)
-        if new_args is not None or new_kwargs is not None:
-            carried = dict(request.progress.get("retry") or {})
-            if new_args is not None:
-                carried["args"] = new_args
-            if new_kwargs is not None:
-                carried["kwargs"] = new_kwargs
-            await request.runner_ctx.progress({**request.progress, "retry": carried})
-        raise RunnerRetry(delay=float(getattr(retry, "delay", 0.0)), reason=str(retry))
+        raise RunnerRetry(
+            delay=float(getattr(retry, "delay", 0.0)), reason=str(retry),
+            new_args=None if new_args is None else list(new_args), new_kwargs=None if new_kwargs is None else dict(new_kwargs),
+        )  # fmt: skip
     if outcome.state == states.IGNORED:
         return None
     if outcome.state == states.REJECTED and outcome.reject is not None and outcome.reject.requeue:

@@ -19,8 +19,7 @@ from typing import Any
 
 from ...app import App
 from ...client import _BackgroundLoop
-from ...session import create_engine
-from ...store import Store
+from ...drivers import Driver, open_driver
 
 __all__ = ["call_sync", "in_running_loop", "store_for"]
 
@@ -37,24 +36,24 @@ def in_running_loop() -> bool:
 
 
 def _queue_url(app: App) -> str:
-    bound = app.client.bound_store
+    bound = app.client.bound
     if bound is not None:  # inside a worker: the queue the worker serves
         return bound.engine.url.render_as_string(hide_password=False)
     return app.client.url
 
 
-async def store_for(app: App) -> Store:
-    """The store to use on the current loop: the client's own, or the side loop's."""
+async def store_for(app: App) -> Driver:
+    """The queue driver to use on the current loop: the client's own, or the side loop's."""
     side = _side.get("loop")
     if side is not None and side.thread is threading.current_thread():
         url = _side["url"]
-        store = _side["stores"].get(url)
-        if store is None:
-            store = Store(create_engine(url, pool_size=2, max_overflow=2, pre_ping=False), max_payload=app.max_payload)
-            await store.ensure_schema()
-            _side["stores"][url] = store
-        return store
-    return await app.client.store()
+        driver = _side["stores"].get(url)
+        if driver is None:
+            driver = open_driver(url, pool_size=2, max_overflow=2, max_payload=app.max_payload)
+            await driver.ensure_schema()
+            _side["stores"][url] = driver
+        return driver
+    return await app.client.driver()
 
 
 def call_sync(app: App, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:

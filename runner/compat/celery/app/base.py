@@ -359,7 +359,7 @@ class Celery:
         return task.apply_async(args, kwargs, **options)
 
     def _prepare(self, task: Task, args: Any, kwargs: Any, *, task_id: str | None, link: Any, link_error: Any, options: dict[str, Any]) -> Envelope:
-        from ..canvas import callback_specs
+        from ..canvas import callback_specs, child_specs
         from ..execution import current_request
 
         job = self.job_for(task)
@@ -404,9 +404,9 @@ class Celery:
         success = callback_specs(self, link, errback=False)
         failure = callback_specs(self, link_error, errback=True)
         if success:
-            meta["on_success"] = success
+            run_options["on_success"] = child_specs(success)
         if failure:
-            meta["on_failure"] = failure
+            run_options["on_failure"] = child_specs(failure)
         run_options["meta"] = meta
         envelope = job.options(**run_options).call(*(args or ()), **(kwargs or {})).envelope(time.time())
         signals.before_task_publish.send(

@@ -1,0 +1,262 @@
+"""The interface a queue database offers: everything the worker, the producer, the scheduler, the
+CLI and the dashboard may ask of it, and nothing else.
+
+Two implementations, ``postgres.py`` and ``sqlite.py``, share their backend-neutral SQL through
+``sql.py``; one driver test suite (``tests/test_driver.py``) runs against both. Backend
+differences live in the drivers and nowhere else.
+
+Every state change is one statement guarded by ``id``, ``lease_token`` (the fencing token bumped
+by every claim) and ``state = 'running'``, so a worker that lost its lease -- paused, partitioned,
+presumed dead -- can never overwrite a newer attempt: its write matches no row.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ..decide import Outcome
+from ..wire import Attempt, BadRow, Envelope
+
+__all__ = ["CancelResult", "Driver", "JobFilter", "JobRow", "WorkerRow"]
+
+
+class CancelResult(str, Enum):
+    """What ``cancel`` did. ``CANCELLED``: the job was queued and is now cancelled.
+    ``REQUESTED``: it is running; its worker cancels it within a second (its session rolls back).
+    ``FINISHED``: it had already finished; nothing changed. ``NOT_FOUND``: no such job."""
+
+    CANCELLED = "cancelled"
+    REQUESTED = "requested"
+    FINISHED = "finished"
+    NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A row as people and handles read it: JSON columns still text (a column that does not
+    decode is shown as it is; that may be why the job failed)."""
+
+    id: int
+    name: str
+    queue: str
+    priority: int
+    state: str
+    attempt: int
+    max_attempts: int | None
+    lost: int
+    args: str
+    kwargs: str
+    result: str | None
+    error: str | None
+    progress: str | None
+    key: str | None
+    parent_id: int | None
+    root_id: int | None
+    meta: str | None
+    lease_owner: str | None
+    created_at: float
+    run_at: float
+    started_at: float | None
+    finished_at: float | None
+    expires_at: float | None
+    timeout: float | None
+    hard_timeout: float | None
+    callbacks: str | None
+    attempts: str
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    """One live worker process, as it reports itself with each lease renewal."""
+
+    owner: str  # node:supervisor-pid:slot
+    node: str
+    pid: int
+    pid_started: int  # the process's start time in clock ticks since boot (pid reuse guard)
+    boot_id: str  # the kernel's boot id: pids of another boot (or host) say nothing here
+    queues: str
+    concurrency: int
+    started_at: float
+    seen_at: float
+    done: int
+    rss_kb: int
+    running: str  # JSON [[job_id, started_at], ...]
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """What ``runner jobs list`` and the dashboard filter on; None means any."""
+
+    state: str | None = None
+    queue: str | None = None
+    name: str | None = None  # a prefix, or a glob with * and ?
+    key: str | None = None
+    before_id: int | None = None  # keyset paging: rows with smaller ids
+    created_after: float | None = None
+    created_before: float | None = None
+
+
+class Driver(ABC):
+    """A queue database, reached through one engine. Stateless beyond its engines and the
+    per-loop batching of concurrent single enqueues, so one driver serves a whole process."""
+
+    backend: str
+    engine: AsyncEngine  # the queue database; also the jobs' engine when exactly-once applies
+    max_payload: int
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def migrate(self) -> tuple[int, int]:
+        """Create or upgrade the schema; returns (version before, version after)."""
+
+    @abstractmethod
+    async def ensure_schema(self) -> None:
+        """Create the schema on first use; one cheap read when it is current."""
+
+    @abstractmethod
+    async def ensure_schema_in(self, conn: AsyncConnection) -> None:
+        """The same, inside the caller's transaction (transactional enqueue)."""
+
+    # -- producers ------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def enqueue(self, envelopes: Sequence[Envelope], conn: AsyncConnection | None = None) -> list[int]:
+        """Insert jobs; returns their ids in order. A job whose idempotency key is live returns
+        the live job's id. With ``conn``, inside the caller's transaction."""
+
+    # -- the worker: claim, hold, complete ------------------------------------------------------
+
+    @abstractmethod
+    async def claim(self, owner: str, queues: Sequence[str], n: int, lease_ttl: float) -> list[Attempt | BadRow]:
+        """Lease up to ``n`` runnable jobs, preferring the queues in the order given. One
+        statement; every row claimed comes back decoded or as a BadRow, never lost."""
+
+    @abstractmethod
+    async def complete(self, outcomes: Sequence[Outcome]) -> int:
+        """Write outcomes in their own transaction; returns how many still belonged to us.
+        Children of an outcome are inserted in the same transaction, only if it matched."""
+
+    @abstractmethod
+    async def complete_in(self, conn: AsyncConnection, outcome: Outcome) -> bool:
+        """Write one outcome inside the caller's transaction (exactly-once: the job's own)."""
+
+    @abstractmethod
+    async def renew(self, held: Mapping[int, int], lease_ttl: float) -> set[int]:
+        """Extend the leases of exactly these ``{job_id: token}``; returns the ids still ours."""
+
+    @abstractmethod
+    async def held_by(self, owner: str) -> list[Attempt | BadRow]:
+        """Running rows leased to ``owner`` (a dead predecessor's, to settle them)."""
+
+    @abstractmethod
+    async def expired(self, limit: int = 500) -> list[Attempt | BadRow]:
+        """Running rows whose lease has expired: their worker or host is gone."""
+
+    @abstractmethod
+    async def set_progress(self, job_id: int, token: int, progress: str) -> bool:
+        """Record a running attempt's progress, readable at once (never inside its transaction)."""
+
+    @abstractmethod
+    async def cancel_requests(self, ids: Sequence[int]) -> list[int]:
+        """Which of these running jobs someone asked to cancel."""
+
+    @abstractmethod
+    async def has_work(self, queues: Sequence[str], within: float = 0.0) -> bool:
+        """Anything runnable in these queues now (or within ``within`` seconds)?"""
+
+    @abstractmethod
+    async def has_running(self, queues: Sequence[str]) -> bool:
+        """Anything running in these queues, on any host?"""
+
+    @abstractmethod
+    async def next_run_at(self, queues: Sequence[str]) -> float | None:
+        """The earliest ``run_at`` of a queued job in these queues (delayed jobs, retries)."""
+
+    @abstractmethod
+    async def watch(self, on_change: Callable[[], None]) -> None:
+        """Call ``on_change`` soon after new work may have arrived, until cancelled. PostgreSQL:
+        LISTEN/NOTIFY. SQLite: a cheap check of the database file between polls."""
+
+    # -- workers --------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def worker_seen(self, worker: WorkerRow) -> None: ...
+
+    @abstractmethod
+    async def worker_gone(self, owner: str) -> None: ...
+
+    @abstractmethod
+    async def workers(self, since: float) -> list[WorkerRow]:
+        """Workers seen since ``since`` (epoch seconds), on every host."""
+
+    # -- periodic jobs and retention --------------------------------------------------------------
+
+    @abstractmethod
+    async def last_fire(self, name: str) -> float | None: ...
+
+    @abstractmethod
+    async def fire(self, name: str, fire_at: float, envelope: Envelope) -> int | None:
+        """Enqueue a periodic job for one fire time unless any scheduler already did."""
+
+    @abstractmethod
+    async def prune_schedule(self, before: float) -> int: ...
+
+    @abstractmethod
+    async def purge_finished(self, before: float, batch: int = 500) -> int:
+        """Delete one small batch of jobs that finished before ``before``."""
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def get(self, job_id: int) -> JobRow | None: ...
+
+    @abstractmethod
+    async def get_many(self, ids: Sequence[int]) -> list[JobRow]: ...
+
+    @abstractmethod
+    async def children(self, parent_id: int) -> list[JobRow]: ...
+
+    @abstractmethod
+    async def get_by_key(self, key: str) -> JobRow | None: ...
+
+    @abstractmethod
+    async def cancel(self, job_id: int) -> CancelResult: ...
+
+    # -- admin ----------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def stats(self) -> list[tuple[str, str, int]]:
+        """(queue, state, count) for every queue and state present."""
+
+    @abstractmethod
+    async def finished_since(self, since: float) -> int: ...
+
+    @abstractmethod
+    async def list_jobs(self, where: JobFilter, limit: int) -> list[JobRow]:
+        """Newest first; ``where.before_id`` pages by keyset."""
+
+    @abstractmethod
+    async def retry_one(self, job_id: int) -> bool:
+        """Re-queue one failed, cancelled or expired job with fresh counters."""
+
+    @abstractmethod
+    async def retry_batch(self, state: str, batch: int = 1000) -> int: ...
+
+    @abstractmethod
+    async def purge_batch(self, state: str, before: float, batch: int = 1000) -> int: ...
+
+    @abstractmethod
+    async def make_due(self, ids: Sequence[int]) -> int:
+        """Let queued jobs run now whatever their ETA (eager mode runs retries at once)."""
+
+    @abstractmethod
+    async def dispose(self) -> None:
+        """Close every connection this driver opened."""
+

@@ -1,0 +1,159 @@
+"""Upgrade a queue from schema 1 to schema 2 (both databases).
+
+Schema 1 carried per-call limits and chained jobs inside the user's ``meta``; schema 2 gives them
+their own columns (``timeout``, ``hard_timeout``, ``callbacks``), keeps a history of attempts, and
+adds checks that refuse values no worker could run. So the upgrade
+
+1. moves the system fields of live rows out of ``meta`` (rows whose meta does not decode are left
+   as they are: their worker will fail them, naming the column);
+2. fails, visibly, any row holding a value the new checks refuse (a ``run_at`` that is not a finite
+   number, a negative counter), resetting only that value so the row can be kept and retried;
+3. adds the columns and constraints (PostgreSQL), or rebuilds the table with them (SQLite, which
+   cannot add a constraint to an existing table).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ..schema import constraints
+
+__all__ = ["upgrade_postgres", "upgrade_sqlite"]
+
+_SYSTEM_KEYS: Final = ("timeout", "hard_timeout", "on_success", "on_failure")
+_LIVE_WITH_SYSTEM_META: Final = text(
+    "SELECT id, meta FROM runner_jobs WHERE meta IS NOT NULL AND state IN ('queued', 'running')"
+    " AND (meta LIKE '%\"timeout\"%' OR meta LIKE '%\"on_success\"%' OR meta LIKE '%\"on_failure\"%')"
+)
+_MOVE: Final = text(
+    "UPDATE runner_jobs SET meta = :meta, timeout = :timeout, hard_timeout = :hard_timeout, callbacks = :callbacks WHERE id = :id"
+)
+_MIGRATION_ERROR: Final = (
+    '{"type":"SerializationError","message":"the upgrade to queue schema 2 found a value no worker could run in this row '
+    '(run_at or expires_at not a finite number of epoch seconds, or a counter below 0); that value was reset and the job '
+    'failed: check it, then `runner jobs retry ID`"}'
+)
+
+_PG_COLUMNS: Final = (
+    "ALTER TABLE runner_jobs ADD COLUMN IF NOT EXISTS timeout DOUBLE PRECISION,"
+    " ADD COLUMN IF NOT EXISTS hard_timeout DOUBLE PRECISION, ADD COLUMN IF NOT EXISTS callbacks TEXT,"
+    " ADD COLUMN IF NOT EXISTS attempts JSONB NOT NULL DEFAULT '[]'",
+    "ALTER TABLE runner_workers ADD COLUMN IF NOT EXISTS pid_started BIGINT NOT NULL DEFAULT 0,"
+    " ADD COLUMN IF NOT EXISTS boot_id TEXT NOT NULL DEFAULT '', ADD COLUMN IF NOT EXISTS concurrency INTEGER NOT NULL DEFAULT 0,"
+    " ADD COLUMN IF NOT EXISTS rss_kb BIGINT NOT NULL DEFAULT 0, ADD COLUMN IF NOT EXISTS running TEXT NOT NULL DEFAULT '[]'",
+    "ALTER TABLE runner_jobs DROP CONSTRAINT IF EXISTS runner_jobs_state_check",
+    "DROP INDEX IF EXISTS runner_jobs_running",
+)
+_PG_SANITISE: Final = text(
+    f"""
+    UPDATE runner_jobs SET state = 'failed', finished_at = extract(epoch from clock_timestamp()), error = '{_MIGRATION_ERROR}',
+        run_at = CASE WHEN run_at > '-Infinity'::float8 AND run_at < 'Infinity'::float8 THEN run_at ELSE 0 END,
+        expires_at = CASE WHEN expires_at > '-Infinity'::float8 AND expires_at < 'Infinity'::float8 THEN expires_at END,
+        attempt = GREATEST(attempt, 0), lost = GREATEST(lost, 0),
+        max_attempts = CASE WHEN max_attempts >= 1 THEN max_attempts END
+    WHERE NOT (run_at > '-Infinity'::float8 AND run_at < 'Infinity'::float8)
+       OR (expires_at IS NOT NULL AND NOT (expires_at > '-Infinity'::float8 AND expires_at < 'Infinity'::float8))
+       OR attempt < 0 OR lost < 0 OR max_attempts < 1
+    """
+)
+_SQLITE_SANITISE: Final = text(
+    f"""
+    UPDATE runner_jobs SET state = 'failed', finished_at = ((julianday('now') - 2440587.5) * 86400.0), error = '{_MIGRATION_ERROR}',
+        run_at = CASE WHEN typeof(run_at) IN ('integer', 'real') THEN run_at ELSE 0 END,
+        expires_at = CASE WHEN typeof(expires_at) IN ('integer', 'real') THEN expires_at END,
+        attempt = CASE WHEN typeof(attempt) = 'integer' AND attempt >= 0 THEN attempt ELSE 0 END,
+        lost = CASE WHEN typeof(lost) = 'integer' AND lost >= 0 THEN lost ELSE 0 END,
+        priority = CASE WHEN typeof(priority) = 'integer' THEN priority ELSE 0 END,
+        max_attempts = CASE WHEN typeof(max_attempts) = 'integer' AND max_attempts >= 1 THEN max_attempts END
+    WHERE typeof(run_at) NOT IN ('integer', 'real')
+       OR (expires_at IS NOT NULL AND typeof(expires_at) NOT IN ('integer', 'real'))
+       OR typeof(attempt) <> 'integer' OR attempt < 0 OR typeof(lost) <> 'integer' OR lost < 0
+       OR typeof(priority) <> 'integer' OR (max_attempts IS NOT NULL AND (typeof(max_attempts) <> 'integer' OR max_attempts < 1))
+       OR state NOT IN ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'expired')
+    """
+)
+_V1_COLUMNS: Final = (
+    "id, v, name, args, kwargs, queue, priority, state, attempt, max_attempts, lost, run_at, expires_at, key, parent_id,"
+    " root_id, meta, lease_owner, lease_token, lease_expires_at, cancel_requested, result, error, progress, created_at,"
+    " started_at, finished_at"
+)
+
+
+async def upgrade_postgres(conn: AsyncConnection) -> None:
+    for statement in _PG_COLUMNS:
+        await conn.execute(text(statement))
+    await _move_system_meta(conn)
+    await conn.execute(_PG_SANITISE)
+    from .postgres import DIALECT
+
+    for name, check in constraints(DIALECT):
+        await conn.execute(text("ALTER TABLE runner_jobs DROP CONSTRAINT IF EXISTS " + name))
+        await conn.execute(text("ALTER TABLE runner_jobs ADD CONSTRAINT " + name + " CHECK (" + check + ")"))
+
+
+async def upgrade_sqlite(conn: AsyncConnection, create_v2: str) -> None:
+    """``create_v2`` builds ``runner_jobs_v2`` with the new schema; rows are copied into it."""
+    await conn.execute(_SQLITE_SANITISE)
+    # The columns schema 2 added are copied as NULL/defaults; meta then moves into them.
+    await conn.execute(text(create_v2))
+    await conn.execute(text("INSERT INTO runner_jobs_v2 (" + _V1_COLUMNS + ") SELECT " + _V1_COLUMNS + " FROM runner_jobs"))
+    # Keep ids never reused: the new table's sequence starts past the old one's.
+    await conn.execute(
+        text(
+            "INSERT OR REPLACE INTO sqlite_sequence (name, seq) SELECT 'runner_jobs_v2', max(seq) FROM sqlite_sequence"
+            " WHERE name IN ('runner_jobs', 'runner_jobs_v2')"
+        )
+    )
+    await conn.execute(text("DROP TABLE runner_jobs"))
+    await conn.execute(text("ALTER TABLE runner_jobs_v2 RENAME TO runner_jobs"))
+    await conn.execute(text("DROP TABLE IF EXISTS runner_workers"))  # now in the control-plane file
+    await _move_system_meta(conn)
+
+
+async def _move_system_meta(conn: AsyncConnection) -> None:
+    for job_id, meta_text in (await conn.execute(_LIVE_WITH_SYSTEM_META)).all():
+        try:
+            meta = msgspec.json.decode(meta_text)
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+            continue
+        if not isinstance(meta, dict):
+            continue
+        moved = _split(meta)
+        await conn.execute(_MOVE, {"id": job_id, **moved})
+
+
+def _split(meta: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1's meta -> schema 2's columns: (meta, timeout, hard_timeout, callbacks JSON)."""
+    own = {k: v for k, v in meta.items() if k not in _SYSTEM_KEYS}
+    callbacks = {k: [_spec(s) for s in meta[k] if isinstance(s, dict)] for k in ("on_success", "on_failure") if isinstance(meta.get(k), list)}
+    return {
+        "meta": msgspec.json.encode(own).decode() if own else None,
+        "timeout": _seconds(meta.get("timeout")),
+        "hard_timeout": _seconds(meta.get("hard_timeout")),
+        "callbacks": msgspec.json.encode(callbacks).decode() if any(callbacks.values()) else None,
+    }
+
+
+def _spec(old: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 chained-job spec (limits and grandchildren inside its own meta) as a ChildSpec."""
+    inner = old.get("meta") if isinstance(old.get("meta"), dict) else {}
+    split = _split(inner)
+    spec = {k: v for k, v in old.items() if k in ("name", "args", "kwargs", "queue", "priority", "max_attempts", "key", "immutable") and v is not None}
+    if split["meta"] is not None:
+        spec["meta"] = msgspec.json.decode(split["meta"])
+    for key in ("timeout", "hard_timeout"):
+        if split[key] is not None:
+            spec[key] = split[key]
+    if split["callbacks"] is not None:
+        spec.update(msgspec.json.decode(split["callbacks"]))
+    return spec
+
+
+def _seconds(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        return None
+    return float(value)

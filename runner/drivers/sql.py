@@ -1,0 +1,517 @@
+"""The SQL both drivers share: enqueue, complete, reads, periodic jobs, retention, admin.
+
+Statements here are written once in the SQL PostgreSQL and SQLite both accept; each driver
+supplies what differs (``postgres.py``, ``sqlite.py``): the claim, lease renewal, the multi-row
+insert and outcome write, id allocation, JSON history expressions and the schema's types.
+
+Single statements run in autocommit (``_auto``): no BEGIN/COMMIT round trips, and on SQLite no
+write lock held between them. Statements that must commit together (children with their parent's
+outcome, a periodic fire with its job, an enqueue with the caller's data) share a transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import time
+import weakref
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Any, Final
+
+import msgspec
+from sqlalchemy import bindparam, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ..db_unavailable import database_unavailable
+from ..decide import Outcome
+from ..enqueue_batching import EnqueueBatcher
+from ..errors import EnqueueError, PayloadTooLarge, SchemaError
+from ..rows import CLAIM_COLUMNS, TEXT_COLUMNS, decode_row
+from ..schema import SCHEMA_VERSION
+from ..wire import MAX_DEPTH, PROTOCOL_VERSION, Attempt, BadRow, Envelope, check_depth, encode_json_bytes
+from .base import CancelResult, Driver, JobFilter, JobRow
+
+__all__ = ["SQLDriver", "insert_row"]
+
+log = logging.getLogger("runner.drivers")
+
+INSERT_COLUMNS: Final = (
+    "v", "name", "args", "kwargs", "queue", "priority", "max_attempts", "run_at", "expires_at", "timeout",
+    "hard_timeout", "key", "parent_id", "root_id", "meta", "callbacks", "created_at",
+)  # fmt: skip
+_COLS = ", ".join(INSERT_COLUMNS)
+_VALUES = ", ".join(f":{c}" for c in INSERT_COLUMNS)
+
+JOB_COLUMNS: Final = (
+    "id", "name", "queue", "priority", "state", "attempt", "max_attempts", "lost", "args", "kwargs", "result",
+    "error", "progress", "key", "parent_id", "root_id", "meta", "lease_owner", "created_at", "run_at",
+    "started_at", "finished_at", "expires_at", "timeout", "hard_timeout", "callbacks", "attempts",
+)  # fmt: skip
+
+_INSERT_ONE = text(
+    f"INSERT INTO runner_jobs ({_COLS}) VALUES ({_VALUES})"
+    " ON CONFLICT (key) WHERE key IS NOT NULL AND state IN ('queued', 'running') DO NOTHING RETURNING id"
+)
+_LIVE_BY_KEY = text("SELECT id FROM runner_jobs WHERE key = :key AND state IN ('queued', 'running')")
+_RECENT_BY_KEY = text(
+    "SELECT id FROM runner_jobs WHERE key = :key AND finished_at >= :since AND state = 'succeeded'"
+    " ORDER BY finished_at DESC LIMIT 1"
+)
+_LAST_FIRE = text("SELECT max(fire_at) FROM runner_schedule WHERE name = :name")
+_FIRE = text("INSERT INTO runner_schedule (name, fire_at) VALUES (:name, :fire_at) ON CONFLICT DO NOTHING RETURNING name")
+_FIRED = text("UPDATE runner_schedule SET job_id = :job_id WHERE name = :name AND fire_at = :fire_at")
+_PRUNE_SCHEDULE = text(
+    "DELETE FROM runner_schedule WHERE fire_at < :before"
+    " AND fire_at < (SELECT max(s.fire_at) FROM runner_schedule s WHERE s.name = runner_schedule.name)"
+)
+_PURGE_FINISHED = text(
+    "DELETE FROM runner_jobs WHERE id IN (SELECT id FROM runner_jobs"
+    " WHERE finished_at < :before AND state IN ('succeeded', 'failed', 'cancelled', 'expired') LIMIT :n)"
+)
+_CANCEL_QUEUED = text(
+    "UPDATE runner_jobs SET state = 'cancelled', finished_at = :now, error = :error WHERE id = :id AND state = 'queued'"
+)
+_STATE_OF = text("SELECT state FROM runner_jobs WHERE id = :id")
+_STATS = text("SELECT queue, state, count(*) FROM runner_jobs GROUP BY queue, state ORDER BY queue, state")
+_FINISHED_SINCE = text("SELECT count(*) FROM runner_jobs WHERE finished_at >= :since")
+_RETRY_SET = (
+    "state = 'queued', run_at = :now, attempt = 0, lost = 0, finished_at = NULL, expires_at = NULL,"
+    " cancel_requested = 0, lease_owner = NULL, lease_expires_at = NULL, progress = NULL"
+)
+_RETRY_ONE = text(f"UPDATE runner_jobs SET {_RETRY_SET} WHERE id = :id AND state IN ('failed', 'cancelled', 'expired')")
+_RETRY_BATCH = text(
+    f"UPDATE runner_jobs SET {_RETRY_SET}"
+    " WHERE id IN (SELECT id FROM runner_jobs WHERE state = :state ORDER BY id LIMIT :n)"
+)
+_PURGE_BATCH = text(
+    "DELETE FROM runner_jobs WHERE id IN (SELECT id FROM runner_jobs"
+    " WHERE finished_at IS NOT NULL AND finished_at < :before AND state = :state ORDER BY finished_at LIMIT :n)"
+)
+_MAKE_DUE = text("UPDATE runner_jobs SET run_at = 0 WHERE state = 'queued' AND id IN :ids").bindparams(
+    bindparam("ids", expanding=True)
+)
+_HAS_WORK = text("SELECT 1 FROM runner_jobs WHERE state = 'queued' AND queue IN :queues AND run_at <= :until LIMIT 1").bindparams(
+    bindparam("queues", expanding=True)
+)
+_HAS_RUNNING = text("SELECT 1 FROM runner_jobs WHERE state = 'running' AND queue IN :queues LIMIT 1").bindparams(
+    bindparam("queues", expanding=True)
+)
+_NEXT_RUN_AT = text("SELECT min(run_at) FROM runner_jobs WHERE state = 'queued' AND queue IN :queues").bindparams(
+    bindparam("queues", expanding=True)
+)
+_SCHEMA_VERSION = text("SELECT value FROM runner_meta WHERE name = 'schema_version'")
+_SET_VERSION = text(
+    "INSERT INTO runner_meta (name, value) VALUES ('schema_version', :v) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+)
+_BY_ID: Final = "id = :id"
+_BY_IDS: Final = "id IN :ids"
+_BY_PARENT: Final = "parent_id = :id ORDER BY id"
+_BY_KEY: Final = "key = :key ORDER BY id DESC LIMIT 1"
+_CANCELLED_QUEUED_ERROR: Final = '{"type":"Cancelled","message":"cancelled before it started"}'
+COPY_FROM: Final = 500  # bulk inserts of at least this many keyless rows take the driver's fast path
+
+
+class SQLDriver(Driver):
+    """The shared half of both drivers."""
+
+    backend: str = "sql"
+    JOB_SELECT: str  # JOB_COLUMNS as this database returns them readably
+
+    def __init__(self, engine: AsyncEngine, *, max_payload: int = 1 << 20) -> None:
+        self.engine = engine
+        self.max_payload = max_payload
+        self._auto = engine.execution_options(**self._autocommit_options())
+        self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EnqueueBatcher] = weakref.WeakKeyDictionary()
+        self._schema_checked = False
+        self._statements: dict[str, Any] = {}
+
+    # -- what each driver supplies --------------------------------------------------------------
+
+    @abstractmethod
+    def _autocommit_options(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    async def _schema_version(self, conn: AsyncConnection) -> int: ...
+
+    @abstractmethod
+    async def _create(self, conn: AsyncConnection, before: int) -> None:
+        """Build or upgrade the schema from version ``before`` inside ``conn``'s transaction."""
+
+    @abstractmethod
+    async def _allocate_ids(self, conn: AsyncConnection, n: int) -> list[int]: ...
+
+    @abstractmethod
+    async def _insert_many(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+        """Insert keyless rows that already carry their ids."""
+
+    @abstractmethod
+    async def _write_outcomes(self, conn: AsyncConnection, outcomes: Sequence[Outcome]) -> int:
+        """The guarded write of many outcomes in one statement; returns how many matched."""
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    async def migrate(self) -> tuple[int, int]:
+        async with self.engine.begin() as conn:
+            return await self._migrate(conn)
+
+    async def _migrate(self, conn: AsyncConnection) -> tuple[int, int]:
+        before = await self._schema_version(conn)
+        if before > SCHEMA_VERSION:
+            raise SchemaError(
+                f"the queue schema is version {before}, newer than this runner understands "
+                f"({SCHEMA_VERSION}); upgrade runner on this host"
+            )
+        if before < SCHEMA_VERSION:
+            await self._create(conn, before)
+            await conn.execute(_SET_VERSION, {"v": str(SCHEMA_VERSION)})
+        return before, SCHEMA_VERSION
+
+    async def ensure_schema(self) -> None:
+        if self._schema_checked:
+            return
+        async with self._auto.connect() as conn:
+            version = await self._schema_version(conn)
+        if version != SCHEMA_VERSION:
+            await self.migrate()
+        self._schema_checked = True
+
+    async def ensure_schema_in(self, conn: AsyncConnection) -> None:
+        if not self._schema_checked and await self._schema_version(conn) != SCHEMA_VERSION:
+            await self._migrate(conn)
+
+    async def _read_version(self, conn: AsyncConnection) -> int:
+        value = (await conn.execute(_SCHEMA_VERSION)).scalar()
+        return int(value) if value is not None else 0
+
+    # -- enqueue --------------------------------------------------------------------------------
+
+    async def enqueue(self, envelopes: Sequence[Envelope], conn: AsyncConnection | None = None) -> list[int]:
+        now = time.time()
+        if conn is not None:
+            return await self._enqueue(conn, envelopes, now)
+        if len(envelopes) == 1 and envelopes[0].key is None:
+            row = insert_row(envelopes[0], now, self.max_payload)  # bad input fails here, alone
+            return [await self._batcher().enqueue(row, now)]
+        async with self._enqueue_connection(len(envelopes)) as own:
+            return await self._enqueue(own, envelopes, now)
+
+    def _enqueue_connection(self, n: int) -> Any:
+        """Where a multi-row enqueue runs: its own transaction, so a rejected batch leaves nothing."""
+        return self.engine.begin()
+
+    def _batcher(self) -> EnqueueBatcher:
+        loop = asyncio.get_running_loop()
+        batcher = self._batchers.get(loop)
+        if batcher is None:
+            batcher = self._batchers[loop] = EnqueueBatcher(self._insert_rows, database_unavailable)
+        return batcher
+
+    async def _insert_rows(self, rows: list[dict[str, Any]], now: float) -> list[int]:
+        """Keyless rows of concurrent single enqueues, in one statement and one commit."""
+        if len(rows) == 1:
+            async with self._auto.connect() as own:
+                return [await self._insert_one(own, dict(rows[0]))]
+        async with self._enqueue_connection(len(rows)) as conn:
+            ids = await self._allocate_ids(conn, len(rows))
+            await self._insert_many(conn, [{**row, "id": new_id} for row, new_id in zip(rows, ids)])
+        return ids
+
+    async def _enqueue(self, conn: AsyncConnection, envelopes: Sequence[Envelope], now: float) -> list[int]:
+        rows = [insert_row(env, now, self.max_payload) for env in envelopes]
+        if len(rows) == 1:
+            return [await self._insert_one(conn, rows[0])]
+        found: list[int] = [0] * len(rows)
+        plain = [i for i, row in enumerate(rows) if row["key"] is None]
+        for i, row in enumerate(rows):
+            if row["key"] is not None:
+                found[i] = await self._insert_one(conn, row)
+        if plain:
+            new_ids = await self._allocate_ids(conn, len(plain))
+            for i, new_id in zip(plain, new_ids):
+                rows[i]["id"] = found[i] = new_id
+            await self._insert_many(conn, [_without_key_since(rows[i]) for i in plain])
+        return found
+
+    async def _insert_one(self, conn: AsyncConnection, row: dict[str, Any]) -> int:
+        since = row.pop("key_since", None)
+        if since is not None and row["key"] is not None:
+            recent = (await conn.execute(_RECENT_BY_KEY, {"key": row["key"], "since": since})).scalar()
+            if recent is not None:
+                return int(recent)
+        for _ in range(5):
+            new_id = (await conn.execute(_INSERT_ONE, row)).scalar()
+            if new_id is not None:
+                return int(new_id)
+            # The key is live: hand back that job. It may finish between the two statements,
+            # in which case the next INSERT succeeds.
+            existing = (await conn.execute(_LIVE_BY_KEY, {"key": row["key"]})).scalar()
+            if existing is not None:
+                return int(existing)
+        raise EnqueueError(f"could not enqueue job with key {row['key']!r}: the key kept changing state; try again")
+
+    # -- claim support ----------------------------------------------------------------------------
+
+    def _decode(self, rows: Sequence[Any]) -> list[Attempt | BadRow]:
+        return [decode_row(row, self.max_payload) for row in rows]
+
+    async def has_work(self, queues: Sequence[str], within: float = 0.0) -> bool:
+        async with self._auto.connect() as conn:
+            found = (await conn.execute(_HAS_WORK, {"queues": list(queues), "until": time.time() + within})).first()
+        return found is not None
+
+    async def has_running(self, queues: Sequence[str]) -> bool:
+        async with self._auto.connect() as conn:
+            return (await conn.execute(_HAS_RUNNING, {"queues": list(queues)})).first() is not None
+
+    async def next_run_at(self, queues: Sequence[str]) -> float | None:
+        async with self._auto.connect() as conn:
+            value = (await conn.execute(_NEXT_RUN_AT, {"queues": list(queues)})).scalar()
+        return float(value) if isinstance(value, (int, float)) else None
+
+    # -- complete -------------------------------------------------------------------------------
+
+    async def complete(self, outcomes: Sequence[Outcome]) -> int:
+        if not outcomes:
+            return 0
+        if any(o.children for o in outcomes):  # outcome and children: one transaction
+            async with self.engine.begin() as conn:
+                return await self._complete_in(conn, outcomes)
+        async with self._auto.connect() as conn:
+            return await self._write_outcomes(conn, outcomes)
+
+    async def complete_in(self, conn: AsyncConnection, outcome: Outcome) -> bool:
+        return await self._complete_in(conn, [outcome]) == 1
+
+    async def _complete_in(self, conn: AsyncConnection, outcomes: Sequence[Outcome]) -> int:
+        """Children are inserted only for outcomes whose guard matched: a stale attempt neither
+        finishes the job nor spawns its successors."""
+        plain = [o for o in outcomes if not o.children]
+        matched = await self._write_outcomes(conn, plain) if plain else 0
+        for outcome in outcomes:
+            if outcome.children and await self._write_outcomes(conn, [outcome]) == 1:
+                matched += 1
+                await self._enqueue(conn, outcome.children, time.time())
+        return matched
+
+    # -- periodic jobs and retention --------------------------------------------------------------
+
+    async def last_fire(self, name: str) -> float | None:
+        async with self._auto.connect() as conn:
+            found = (await conn.execute(_LAST_FIRE, {"name": name})).scalar()
+        return None if found is None else float(found)
+
+    async def fire(self, name: str, fire_at: float, envelope: Envelope) -> int | None:
+        """The (name, fire_at) row and the job row commit together or not at all."""
+        async with self.engine.begin() as conn:
+            if (await conn.execute(_FIRE, {"name": name, "fire_at": fire_at})).first() is None:
+                return None
+            [job_id] = await self._enqueue(conn, [envelope], time.time())
+            await conn.execute(_FIRED, {"name": name, "fire_at": fire_at, "job_id": job_id})
+            return job_id
+
+    async def prune_schedule(self, before: float) -> int:
+        async with self._auto.connect() as conn:
+            return (await conn.execute(_PRUNE_SCHEDULE, {"before": before})).rowcount
+
+    async def purge_finished(self, before: float, batch: int = 500) -> int:
+        async with self._auto.connect() as conn:
+            return (await conn.execute(_PURGE_FINISHED, {"before": before, "n": batch})).rowcount
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def _rows(self, result: Any) -> list[JobRow]:
+        return [JobRow(*self._readable(row)) for row in result.all()]
+
+    def _readable(self, row: Sequence[Any]) -> Sequence[Any]:
+        return row
+
+    def _reads(self, where: str) -> Any:
+        """``SELECT <this driver's job columns> ... WHERE <where>``; ``where`` is always a constant
+        of this module (values travel as bound parameters)."""
+        statement = self._statements.get(where)
+        if statement is None:
+            statement = self._statements[where] = text(f"SELECT {self.JOB_SELECT} FROM runner_jobs WHERE " + where)
+        return statement
+
+    async def _select(self, where: str, params: dict[str, Any]) -> list[JobRow]:
+        async with self._auto.connect() as conn:
+            return self._rows(await conn.execute(self._reads(where), params))
+
+    async def get(self, job_id: int) -> JobRow | None:
+        rows = await self._select(_BY_ID, {"id": int(job_id)})
+        return rows[0] if rows else None
+
+    async def get_many(self, ids: Sequence[int]) -> list[JobRow]:
+        if not ids:
+            return []
+        statement = self._reads(_BY_IDS).bindparams(bindparam("ids", expanding=True))
+        async with self._auto.connect() as conn:
+            return self._rows(await conn.execute(statement, {"ids": [int(i) for i in ids]}))
+
+    async def children(self, parent_id: int) -> list[JobRow]:
+        return await self._select(_BY_PARENT, {"id": int(parent_id)})
+
+    async def get_by_key(self, key: str) -> JobRow | None:
+        rows = await self._select(_BY_KEY, {"key": key})
+        return rows[0] if rows else None
+
+    async def list_jobs(self, where: JobFilter, limit: int) -> list[JobRow]:
+        clauses, params = ["1 = 1"], {"limit": int(limit)}
+        for column in ("state", "queue", "key"):
+            value = getattr(where, column)
+            if value is not None:
+                clauses.append(f"{column} = :{column}")
+                params[column] = value
+        if where.name is not None:
+            pattern = where.name if any(c in where.name for c in "*?[") else where.name + "*"
+            clauses.append("name LIKE :name_like ESCAPE '\\'")
+            params["name_like"] = _glob_to_like(pattern)
+            params["name_glob"] = pattern
+        for column, op, value in (
+            ("id", "<", where.before_id), ("created_at", ">=", where.created_after), ("created_at", "<", where.created_before),
+        ):  # fmt: skip
+            if value is not None:
+                name = f"{column}_{'lt' if op == '<' else 'ge'}"
+                clauses.append(f"{column} {op} :{name}")
+                params[name] = value
+        rows = await self._select(" AND ".join(clauses) + " ORDER BY id DESC LIMIT :limit", params)  # clauses: constants
+        if where.name is not None and any(c in where.name for c in "?["):
+            rows = [r for r in rows if fnmatch.fnmatchcase(r.name, params["name_glob"])]  # LIKE is a superset
+        return rows
+
+    async def stats(self) -> list[tuple[str, str, int]]:
+        async with self._auto.connect() as conn:
+            return [(str(q), str(s), int(n)) for q, s, n in (await conn.execute(_STATS)).all()]
+
+    async def finished_since(self, since: float) -> int:
+        async with self._auto.connect() as conn:
+            return int((await conn.execute(_FINISHED_SINCE, {"since": since})).scalar() or 0)
+
+    # -- changes by people ------------------------------------------------------------------------
+
+    async def cancel(self, job_id: int) -> CancelResult:
+        async with self._auto.connect() as conn:
+            params = {"id": int(job_id), "now": time.time(), "error": _CANCELLED_QUEUED_ERROR}
+            if (await conn.execute(_CANCEL_QUEUED, params)).rowcount:
+                return CancelResult.CANCELLED
+            state = (await conn.execute(_STATE_OF, {"id": int(job_id)})).scalar()
+        if state is None:
+            return CancelResult.NOT_FOUND
+        if state == "running":
+            return CancelResult.REQUESTED if await self._request_cancel(int(job_id)) else CancelResult.FINISHED
+        return CancelResult.FINISHED
+
+    @abstractmethod
+    async def _request_cancel(self, job_id: int) -> bool:
+        """Flag a running job for its worker; False if it is no longer running."""
+
+    async def retry_one(self, job_id: int) -> bool:
+        async with self.engine.begin() as conn:
+            return (await conn.execute(_RETRY_ONE, {"id": int(job_id), "now": time.time()})).rowcount == 1
+
+    async def retry_batch(self, state: str, batch: int = 1000) -> int:
+        async with self.engine.begin() as conn:
+            return (await conn.execute(_RETRY_BATCH, {"state": state, "now": time.time(), "n": batch})).rowcount
+
+    async def purge_batch(self, state: str, before: float, batch: int = 1000) -> int:
+        async with self.engine.begin() as conn:
+            return (await conn.execute(_PURGE_BATCH, {"state": state, "before": before, "n": batch})).rowcount
+
+    async def make_due(self, ids: Sequence[int]) -> int:
+        if not ids:
+            return 0
+        async with self._auto.connect() as conn:
+            return (await conn.execute(_MAKE_DUE, {"ids": [int(i) for i in ids]})).rowcount
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+# --- rows and parameters ------------------------------------------------------------------------
+
+_encode = msgspec.json.Encoder().encode
+
+
+def insert_row(env: Envelope, now: float, max_payload: int) -> dict[str, Any]:
+    """An envelope as INSERT parameters, with the payload limit in bytes over every JSON column
+    and the nesting limit checked; raises naming the culprit."""
+    args = encode_json_bytes(env.args, f"arguments of {env.name}")
+    kwargs = encode_json_bytes(env.kwargs, f"keyword arguments of {env.name}")
+    meta = None if env.meta is None else encode_json_bytes(env.meta, "job meta")
+    callbacks = encode_json_bytes(env.callbacks, "chained jobs") if env.callbacks else None
+    size = len(args) + len(kwargs) + len(meta or b"") + len(callbacks or b"")
+    if size > max_payload:
+        raise PayloadTooLarge(
+            f"arguments of {env.name} are {size:,} bytes of JSON (args, kwargs, meta and chained jobs together); "
+            f"the limit is {max_payload:,} (RUNNER_MAX_PAYLOAD / --max-payload); pass a reference (an id, a path) instead of the data"
+        )
+    for value, blob, what in ((env.args, args, f"arguments of {env.name}"), (env.kwargs, kwargs, f"keyword arguments of {env.name}"), (env.meta, meta, "job meta")):
+        if blob is not None and blob.count(b"[") + blob.count(b"{") > MAX_DEPTH:
+            check_depth(value, what)
+    return {
+        "v": env.v or PROTOCOL_VERSION,
+        "name": env.name,
+        "args": args.decode(),
+        "kwargs": kwargs.decode(),
+        "queue": env.queue,
+        "priority": env.priority,
+        "max_attempts": env.max_attempts,
+        "run_at": now if env.run_at is None else env.run_at,
+        "expires_at": env.expires_at,
+        "timeout": env.timeout,
+        "hard_timeout": env.hard_timeout,
+        "key": env.key,
+        "key_since": None if env.key_ttl is None else now - env.key_ttl,
+        "parent_id": env.parent_id,
+        "root_id": env.root_id,
+        "meta": None if meta is None else meta.decode(),
+        "callbacks": None if callbacks is None else callbacks.decode(),
+        "created_at": now,
+    }
+
+
+def _without_key_since(row: dict[str, Any]) -> dict[str, Any]:
+    row.pop("key_since", None)
+    return row
+
+
+def outcome_params(o: Outcome) -> dict[str, Any]:
+    return {
+        "id": o.job_id,
+        "token": o.token,
+        "state": o.state,
+        "result": None if o.result is None else o.result.decode(),
+        "error": None if o.error is None else _encode(o.error).decode(),
+        "run_at": o.run_at,
+        "finished_at": o.finished_at,
+        "attempt": o.attempt,
+        "lost": o.lost,
+        "args": None if o.args is None else o.args.decode(),
+        "kwargs": None if o.kwargs is None else o.kwargs.decode(),
+        "record": _encode(o.record).decode(),
+    }
+
+
+def claim_columns(prefix: str = "", blob: bool = False) -> str:
+    """CLAIM_COLUMNS as a select list; ``blob`` casts text columns to bytes (SQLite)."""
+    parts = []
+    for column in CLAIM_COLUMNS:
+        ref = f"{prefix}{column}"
+        parts.append(f"CAST({ref} AS BLOB)" if blob and column in TEXT_COLUMNS else ref)
+    return ", ".join(parts)
+
+
+def _glob_to_like(pattern: str) -> str:
+    out = []
+    for ch in pattern:
+        if ch in "%_\\":
+            out.append("\\" + ch)
+        elif ch == "*":
+            out.append("%")
+        elif ch in "?[]":
+            out.append("_" if ch == "?" else "%")
+        else:
+            out.append(ch)
+    return "".join(out)

@@ -1,0 +1,393 @@
+"""The SQLite driver: every statement only SQLite runs, and SQLite's control plane.
+
+SQLite has one writer per database file, and a job's session transaction holds that lock from
+its first write to its commit. Anything the rest of the system must do *while* a job sits in a
+long transaction therefore lives in a second file, the **control plane**
+(``<name>.control<suffix>`` beside the queue, e.g. ``runner.control.db``):
+
+* ``runner_leases``   -- lease renewals (the claim's own lease is on the job row itself)
+* ``runner_progress`` -- progress a running job reports, readable at once
+* ``runner_cancel``   -- cancel requests for running jobs
+* ``runner_workers``  -- the live workers ``runner status`` lists
+
+Control writes are single autocommit statements on their own connections, so they never wait
+behind a job's transaction, and job transactions never touch the control file (BEGIN IMMEDIATE
+would lock every attached database, so it is not attached: each side is read separately).
+
+The claim is one ``UPDATE ... RETURNING`` (a single write statement takes the write lock at its
+start, so concurrent claimers queue on the busy timeout instead of failing). Its text columns
+come back as bytes (``CAST ... AS BLOB``): invalid UTF-8 would otherwise raise inside the fetch,
+after the claim committed. Idle workers notice new work through ``PRAGMA data_version`` on a
+private connection, a few microseconds per check, instead of a claim query every poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+from sqlalchemy import bindparam, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ..decide import Outcome
+from ..schema import Dialect, job_indexes, job_table, side_tables, workers_table
+from ..wire import MAX_HISTORY, Attempt, BadRow
+from .base import CancelResult, JobRow, WorkerRow
+from .sql import JOB_COLUMNS, SQLDriver, claim_columns, outcome_params
+
+__all__ = ["SQLiteDriver", "control_path"]
+
+log = logging.getLogger("runner.drivers.sqlite")
+
+WATCH_EVERY: Final = 0.005  # seconds between data_version checks while idle
+
+DIALECT: Final = Dialect(
+    id_column="id INTEGER PRIMARY KEY AUTOINCREMENT",  # ids are never reused after a purge
+    float_type="REAL",
+    json_history="TEXT",
+    now="((julianday('now') - 2440587.5) * 86400.0)",
+    is_number="typeof({c}) IN ('integer', 'real')",  # SQLite stores NaN as NULL
+    is_integer="typeof({c}) = 'integer'",
+)
+
+_CLAIM_SET: Final = """
+        state = 'running',
+        attempt = CASE WHEN attempt < 2147483647 THEN attempt + 1 ELSE attempt END,
+        lease_token = CASE WHEN lease_token < 9223372036854775807 THEN lease_token + 1 ELSE 1 END,
+        lease_owner = :owner, lease_expires_at = :lease_until, started_at = :now, cancel_requested = 0"""
+_RETURNING: Final = claim_columns(blob=True)
+_CLAIM_ONE: Final = text(
+    f"""
+    UPDATE runner_jobs SET {_CLAIM_SET}
+    WHERE id IN (
+        SELECT id FROM runner_jobs
+        WHERE state = 'queued' AND queue = :q0 AND run_at <= :now
+        ORDER BY priority DESC, run_at, id
+        LIMIT :n
+    )
+    RETURNING {_RETURNING}
+    """
+)
+# Several queues, earlier ones first: one arm per queue, each walking its claim index.
+_ARM: Final = (
+    "SELECT id, {i} AS position FROM (SELECT id FROM runner_jobs WHERE state = 'queued' AND queue = :q{i}"
+    " AND run_at <= :now ORDER BY priority DESC, run_at, id LIMIT :n)"
+)
+_CLAIM_MANY_HEAD: Final = f"UPDATE runner_jobs SET {_CLAIM_SET} WHERE id IN (SELECT id FROM ("
+_CLAIM_MANY_TAIL: Final = f") ORDER BY position LIMIT :n) RETURNING {_RETURNING}"
+
+_HELD_BY: Final = text(f"SELECT {_RETURNING} FROM runner_jobs WHERE state = 'running' AND lease_owner = :owner")
+_RUNNING_PAST: Final = text(
+    f"SELECT {_RETURNING} FROM runner_jobs WHERE state = 'running'"
+    " AND (lease_expires_at < :now OR lease_expires_at IS NULL) ORDER BY lease_expires_at LIMIT :n"
+)
+_STILL_OURS: Final = text(
+    "SELECT id, lease_token FROM runner_jobs WHERE state = 'running' AND id IN :ids"
+).bindparams(bindparam("ids", expanding=True))
+
+_APPEND: Final = f"""CASE
+        WHEN json_valid(attempts) THEN (CASE
+            WHEN json_type(attempts) <> 'array' THEN json_array(json(:record))
+            WHEN json_array_length(attempts) >= {MAX_HISTORY} THEN json_insert(json_remove(attempts, '$[0]'), '$[#]', json(:record))
+            ELSE json_insert(attempts, '$[#]', json(:record)) END)
+        ELSE json_array(json(:record)) END"""
+_FINISH: Final = text(
+    f"""
+    UPDATE runner_jobs SET
+        state = :state, result = :result, error = :error,
+        run_at = COALESCE(:run_at, run_at), finished_at = :finished_at,
+        attempt = :attempt, lost = :lost, cancel_requested = 0,
+        args = COALESCE(:args, args), kwargs = COALESCE(:kwargs, kwargs),
+        lease_owner = CASE WHEN :state = 'queued' THEN NULL ELSE lease_owner END,
+        lease_expires_at = CASE WHEN :state = 'queued' THEN NULL ELSE lease_expires_at END,
+        progress = CASE WHEN :state = 'queued' THEN NULL ELSE progress END,
+        attempts = {_APPEND}
+    WHERE id = :id AND lease_token = :token AND state = 'running'
+    """
+)
+_INSERT_ID: Final = text(
+    "INSERT INTO runner_jobs (id, v, name, args, kwargs, queue, priority, max_attempts, run_at, expires_at, timeout,"
+    " hard_timeout, key, parent_id, root_id, meta, callbacks, created_at)"
+    " VALUES (:id, :v, :name, :args, :kwargs, :queue, :priority, :max_attempts, :run_at, :expires_at, :timeout,"
+    " :hard_timeout, :key, :parent_id, :root_id, :meta, :callbacks, :created_at)"
+)
+_LAST_ID: Final = text(
+    "SELECT max(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'runner_jobs'), 0),"
+    " COALESCE((SELECT max(id) FROM runner_jobs), 0))"
+)
+
+# -- the control plane ----------------------------------------------------------------------------
+
+_CONTROL_DDL: Final = (
+    "CREATE TABLE IF NOT EXISTS runner_leases (job_id INTEGER PRIMARY KEY, token INTEGER NOT NULL, expires_at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS runner_progress (job_id INTEGER PRIMARY KEY, token INTEGER NOT NULL,"
+    " progress TEXT NOT NULL, updated_at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS runner_cancel (job_id INTEGER PRIMARY KEY, requested_at REAL NOT NULL)",
+    workers_table(DIALECT),
+)
+_RENEW: Final = text(
+    "INSERT INTO runner_leases (job_id, token, expires_at) VALUES (:id, :token, :until)"
+    " ON CONFLICT (job_id) DO UPDATE SET token = excluded.token, expires_at = excluded.expires_at"
+)
+_LEASES_OF: Final = text("SELECT job_id, token, expires_at FROM runner_leases WHERE job_id IN :ids").bindparams(
+    bindparam("ids", expanding=True)
+)
+_SET_PROGRESS: Final = text(
+    "INSERT INTO runner_progress (job_id, token, progress, updated_at) VALUES (:id, :token, :progress, :now)"
+    " ON CONFLICT (job_id) DO UPDATE SET token = excluded.token, progress = excluded.progress, updated_at = excluded.updated_at"
+)
+_PROGRESS_OF: Final = text("SELECT job_id, token, progress FROM runner_progress WHERE job_id IN :ids").bindparams(
+    bindparam("ids", expanding=True)
+)
+_REQUEST_CANCEL: Final = text("INSERT INTO runner_cancel (job_id, requested_at) VALUES (:id, :now) ON CONFLICT DO NOTHING")
+_CANCEL_REQUESTS: Final = text("SELECT job_id FROM runner_cancel WHERE job_id IN :ids").bindparams(bindparam("ids", expanding=True))
+_CONTROL_CLEANUP: Final = (
+    text("DELETE FROM runner_leases WHERE expires_at < :stale"),
+    text("DELETE FROM runner_cancel WHERE requested_at < :stale"),
+    text("DELETE FROM runner_progress WHERE updated_at < :old"),
+)
+_WORKER_UPSERT: Final = text(
+    """
+    INSERT INTO runner_workers (owner, node, pid, pid_started, boot_id, queues, concurrency, started_at, seen_at, done, rss_kb, running)
+    VALUES (:owner, :node, :pid, :pid_started, :boot_id, :queues, :concurrency, :started_at, :seen_at, :done, :rss_kb, :running)
+    ON CONFLICT (owner) DO UPDATE SET node = excluded.node, pid = excluded.pid, pid_started = excluded.pid_started,
+        boot_id = excluded.boot_id, queues = excluded.queues, concurrency = excluded.concurrency,
+        started_at = excluded.started_at, seen_at = excluded.seen_at, done = excluded.done,
+        rss_kb = excluded.rss_kb, running = excluded.running
+    """
+)
+_WORKER_DELETE: Final = text("DELETE FROM runner_workers WHERE owner = :owner")
+_WORKERS: Final = text(
+    "SELECT owner, node, pid, pid_started, boot_id, queues, concurrency, started_at, seen_at, done, rss_kb, running"
+    " FROM runner_workers WHERE seen_at >= :since ORDER BY owner"
+)
+_TEXT_JOB_COLUMNS: Final = frozenset({"name", "queue", "state", "args", "kwargs", "result", "error", "progress", "key", "meta", "lease_owner", "callbacks", "attempts"})
+
+
+def control_path(path: str) -> str:
+    """The control-plane file for the queue file at ``path``: ``runner.db`` -> ``runner.control.db``."""
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}.control{p.suffix}" if p.suffix else f"{p.name}.control"))
+
+
+class SQLiteDriver(SQLDriver):
+    backend = "sqlite"
+    # Text columns as bytes, decoded leniently in _readable: one row of invalid UTF-8 must not
+    # make every listing that includes it fail.
+    JOB_SELECT = ", ".join(f"CAST({c} AS BLOB)" if c in _TEXT_JOB_COLUMNS else c for c in JOB_COLUMNS)
+
+    def __init__(self, engine: AsyncEngine, control: AsyncEngine, *, path: str | None, max_payload: int = 1 << 20) -> None:
+        super().__init__(engine, max_payload=max_payload)
+        self.control = control
+        self._control_auto = control.execution_options(runner_autocommit=True)
+        self.path = path  # None: an in-memory queue (its control tables live in the same database)
+        self._control_ready = False
+        self._last_cleanup = 0.0
+
+    def _autocommit_options(self) -> dict[str, Any]:
+        return {"runner_autocommit": True}  # session.py: no BEGIN IMMEDIATE for these
+
+    def _readable(self, row: Sequence[Any]) -> Sequence[Any]:
+        return [bytes(v).decode("utf-8", "replace") if isinstance(v, (bytes, memoryview)) else v for v in row]
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    async def _schema_version(self, conn: AsyncConnection) -> int:
+        probe = text("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'runner_meta'")
+        if not (await conn.execute(probe)).scalar():
+            return 0
+        return await self._read_version(conn)
+
+    async def _create(self, conn: AsyncConnection, before: int) -> None:
+        if before == 1:
+            from .migrate_v1 import upgrade_sqlite
+
+            await upgrade_sqlite(conn, job_table(DIALECT, "runner_jobs_v2"))
+        for statement in (job_table(DIALECT), *job_indexes(), *side_tables(DIALECT)):
+            await conn.execute(text(statement))
+
+    async def migrate(self) -> tuple[int, int]:
+        versions = await super().migrate()
+        await self._ensure_control()
+        return versions
+
+    async def ensure_schema(self) -> None:
+        await super().ensure_schema()
+        await self._ensure_control()
+
+    async def _ensure_control(self) -> None:
+        if self._control_ready:
+            return
+        async with self._control_auto.connect() as conn:
+            for statement in _CONTROL_DDL:
+                await conn.execute(text(statement))
+        self._control_ready = True
+
+    # -- enqueue --------------------------------------------------------------------------------
+
+    async def _allocate_ids(self, conn: AsyncConnection, n: int) -> list[int]:
+        last = int((await conn.execute(_LAST_ID)).scalar() or 0)  # under BEGIN IMMEDIATE: ours alone
+        return list(range(last + 1, last + 1 + n))
+
+    async def _insert_many(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+        await conn.execute(_INSERT_ID, rows)
+
+    # -- claim, hold, complete -----------------------------------------------------------------
+
+    async def claim(self, owner: str, queues: Sequence[str], n: int, lease_ttl: float) -> list[Attempt | BadRow]:
+        now = time.time()
+        params: dict[str, Any] = {"now": now, "n": n, "owner": owner, "lease_until": now + lease_ttl}
+        params.update({f"q{i}": q for i, q in enumerate(queues)})
+        async with self._auto.connect() as conn:
+            rows = (await conn.execute(self._claim_statement(len(queues)), params)).all()
+        return self._decode(rows)
+
+    def _claim_statement(self, queues: int) -> Any:
+        if queues == 1:
+            return _CLAIM_ONE
+        key = f"claim:{queues}"
+        statement = self._statements.get(key)
+        if statement is None:
+            arms = " UNION ALL ".join(_ARM.replace("{i}", str(i)) for i in range(queues))
+            statement = self._statements[key] = text(_CLAIM_MANY_HEAD + arms + _CLAIM_MANY_TAIL)
+        return statement
+
+    async def renew(self, held: Mapping[int, int], lease_ttl: float) -> set[int]:
+        if not held:
+            return set()
+        async with self._auto.connect() as conn:
+            rows = (await conn.execute(_STILL_OURS, {"ids": list(held)})).all()
+        ours = {int(i) for i, token in rows if held.get(int(i)) == token}
+        if ours:
+            until = time.time() + lease_ttl
+            async with self._control_auto.connect() as conn:
+                await conn.execute(_RENEW, [{"id": i, "token": held[i], "until": until} for i in ours])
+        await self._cleanup_control()
+        return ours
+
+    async def held_by(self, owner: str) -> list[Attempt | BadRow]:
+        async with self._auto.connect() as conn:
+            return self._decode((await conn.execute(_HELD_BY, {"owner": owner})).all())
+
+    async def expired(self, limit: int = 500) -> list[Attempt | BadRow]:
+        now = time.time()
+        async with self._auto.connect() as conn:
+            # Long jobs pass their claim-time lease; their renewals are in the control plane.
+            rows = (await conn.execute(_RUNNING_PAST, {"now": now, "n": limit * 10})).all()
+        if not rows:
+            return []
+        async with self._control_auto.connect() as conn:
+            leases = {int(i): (t, e) for i, t, e in (await conn.execute(_LEASES_OF, {"ids": [r[0] for r in rows]})).all()}
+        gone = [r for r in rows if not (r[0] in leases and leases[r[0]][0] == r[1] and leases[r[0]][1] >= now)]
+        return self._decode(gone[:limit])
+
+    async def _write_outcomes(self, conn: AsyncConnection, outcomes: Sequence[Outcome]) -> int:
+        # executemany cannot return rows; the rowcount says how many guards matched.
+        return int((await conn.execute(_FINISH, [outcome_params(o) for o in outcomes])).rowcount)
+
+    async def set_progress(self, job_id: int, token: int, progress: str) -> bool:
+        async with self._control_auto.connect() as conn:
+            await conn.execute(_SET_PROGRESS, {"id": job_id, "token": token, "progress": progress, "now": time.time()})
+        return True
+
+    async def cancel(self, job_id: int) -> CancelResult:
+        # The request goes to the control plane first: it takes effect within a second even
+        # while a long job transaction holds the queue's write lock.
+        async with self._auto.connect() as conn:
+            state = (await conn.execute(text("SELECT state FROM runner_jobs WHERE id = :id"), {"id": int(job_id)})).scalar()
+        if state == "running":
+            await self._request_cancel(int(job_id))
+            return CancelResult.REQUESTED
+        return await super().cancel(job_id)
+
+    async def _request_cancel(self, job_id: int) -> bool:
+        async with self._control_auto.connect() as conn:
+            await conn.execute(_REQUEST_CANCEL, {"id": job_id, "now": time.time()})
+        return True
+
+    async def cancel_requests(self, ids: Sequence[int]) -> list[int]:
+        if not ids:
+            return []
+        async with self._control_auto.connect() as conn:
+            return [int(r[0]) for r in (await conn.execute(_CANCEL_REQUESTS, {"ids": list(ids)})).all()]
+
+    async def _cleanup_control(self) -> None:
+        now = time.time()
+        if now - self._last_cleanup < 600:
+            return
+        self._last_cleanup = now
+        async with self._control_auto.connect() as conn:
+            for statement in _CONTROL_CLEANUP:
+                await conn.execute(statement, {"stale": now - 86400, "old": now - 30 * 86400})
+
+    async def watch(self, on_change: Callable[[], None]) -> None:
+        """Poll ``PRAGMA data_version`` on a private connection: it changes whenever another
+        connection commits to the queue file. A few microseconds per check, run on the loop."""
+        if self.path is None:
+            while True:  # in memory: one connection; nothing else can write
+                await anyio.sleep(3600)
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=0)
+        try:
+            last = None
+            while True:
+                try:
+                    version = conn.execute("PRAGMA data_version").fetchone()[0]
+                except sqlite3.Error:
+                    version = None
+                if version != last:
+                    last = version
+                    on_change()
+                await anyio.sleep(WATCH_EVERY)
+        finally:
+            conn.close()
+
+    # -- reads overlay the control plane ----------------------------------------------------------
+
+    async def _select(self, where: str, params: dict[str, Any]) -> list[JobRow]:
+        return await self._with_progress(await super()._select(where, params))
+
+    async def get_many(self, ids: Sequence[int]) -> list[JobRow]:
+        return await self._with_progress(await super().get_many(ids))
+
+    async def _with_progress(self, rows: list[JobRow]) -> list[JobRow]:
+        live = [r.id for r in rows if r.state in ("running", "succeeded", "failed", "cancelled", "queued")]
+        if not live:
+            return rows
+        await self._ensure_control()
+        async with self._control_auto.connect() as conn:
+            progress = {int(i): p for i, _t, p in (await conn.execute(_PROGRESS_OF, {"ids": live})).all()}
+        if not progress:
+            return rows
+        from dataclasses import replace
+
+        return [replace(r, progress=progress[r.id]) if r.id in progress else r for r in rows]
+
+    # -- workers --------------------------------------------------------------------------------
+
+    async def worker_seen(self, worker: WorkerRow) -> None:
+        async with self._control_auto.connect() as conn:
+            await conn.execute(_WORKER_UPSERT, vars(worker))
+
+    async def worker_gone(self, owner: str) -> None:
+        async with self._control_auto.connect() as conn:
+            await conn.execute(_WORKER_DELETE, {"owner": owner})
+
+    async def workers(self, since: float) -> list[WorkerRow]:
+        await self._ensure_control()
+        async with self._control_auto.connect() as conn:
+            return [WorkerRow(*row) for row in (await conn.execute(_WORKERS, {"since": since})).all()]
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+        if self.control is not self.engine:
+            await self.control.dispose()
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
