@@ -39,12 +39,16 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(SYSTEMS),
                         help=f"comma-separated subset of {','.join(SYSTEMS)}; 'runner' means both runner rows")  # fmt: skip
     parser.add_argument("--n-w1", type=int, default=20_000, help="W1 no-op jobs drained (and bulk-enqueued); default 20000")
-    parser.add_argument("--n-single", type=int, default=2_000, help="jobs timed for each single-call enqueue figure; default 2000")
+    parser.add_argument(
+        "--n-single", type=int, default=2_000, help="jobs timed for each single-call enqueue figure; default 2000"
+    )
     parser.add_argument("--n-w2", type=int, default=5_000, help="W2 jobs, one per distinct user; default 5000")
     parser.add_argument("--users", type=int, default=10_000, help="users (with profiles) seeded for W2; default 10000")
     parser.add_argument("--n-w3", type=int, default=500, help="W3 jobs, enqueued one at a time; default 500")
     parser.add_argument("--w3-rate", type=float, default=100.0, help="W3 enqueue rate per second; default 100")
-    parser.add_argument("-w", "--workers", type=int, default=os.cpu_count() or 2, help="runner/pgqueuer worker processes; default: cores")
+    parser.add_argument(
+        "-w", "--workers", type=int, default=os.cpu_count() or 2, help="runner/pgqueuer worker processes; default: cores"
+    )
     parser.add_argument("-c", "--concurrency", type=int, default=32, help="jobs at once per worker; default 32")
     parser.add_argument("--celery-concurrency", default="2,8", help="Celery prefork pool sizes, one row each; default 2,8")
     parser.add_argument("--profile", action="store_true",
@@ -106,7 +110,9 @@ class Bench:
             self.step(RUNNER_PG, "W1", lambda: workloads_runner.run_w1(pg("runner"), ns.n_w1, ns.n_single, w, c, profile))
             self.step(RUNNER_PG, "W2", lambda: workloads_runner.run_w2(pg("runner"), ns.n_w2, ns.users, w, c))
             self.step(RUNNER_PG, "W3", lambda: workloads_runner.run_w3(pg("runner"), ns.n_w3, ns.w3_rate, w, c))
-            self.step(RUNNER_PG_ALO, "W2", lambda: workloads_runner.run_w2(pg("runner"), ns.n_w2, ns.users, w, c, at_least_once=True))
+            self.step(
+                RUNNER_PG_ALO, "W2", lambda: workloads_runner.run_w2(pg("runner"), ns.n_w2, ns.users, w, c, at_least_once=True)
+            )
         if "runner-sqlite" in ns.only:
             self.step(RUNNER_SQLITE, "W1", lambda: workloads_runner.run_w1(lite("runner"), ns.n_w1, ns.n_single, w, c))
             self.step(RUNNER_SQLITE, "W2", lambda: workloads_runner.run_w2(lite("runner"), ns.n_w2, ns.users, w, c))

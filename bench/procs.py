@@ -41,7 +41,9 @@ class Child:
         self.name = name
         self.log_path = LOGS / f"{name}.log"
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            args, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         _live.add(self)
         self.peak_rss: dict[int, int] = {}
         self._stop = threading.Event()

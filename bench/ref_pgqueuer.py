@@ -69,7 +69,10 @@ async def _fetch(url: str, statement: str) -> list[asyncpg.Record]:
 
 
 def _workers(tag: str, url: str, mode: str, workers: int, concurrency: int) -> list[Child]:
-    return [Child(f"pgq-{tag}-{i}", python("-m", "bench.pgq_worker", url, mode, str(concurrency)), is_worker=True) for i in range(workers)]
+    return [
+        Child(f"pgq-{tag}-{i}", python("-m", "bench.pgq_worker", url, mode, str(concurrency)), is_worker=True)
+        for i in range(workers)
+    ]
 
 
 def _span(url: str, entrypoint: str) -> tuple[int, float]:

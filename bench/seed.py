@@ -30,7 +30,7 @@ async def wait_for_postgres(timeout: float = 120.0) -> None:
             conn = await asyncpg.connect(PG_ADMIN, timeout=5)
             await conn.close()
             return
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, asyncpg.PostgresError):
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(1.0)

@@ -106,13 +106,20 @@ def targets(results: Results, workers: int, concurrency: int, overflow: int = 2)
         Target("W2 PG ≥ 10× Celery (best of -c 2/-c 8)", median(results, pg, "w2") / celery_best, 10, unit="×"),
         Target("W2 PG ≥ 3× pgqueuer", rel(pg, PGQ, "w2"), 3, unit="×"),
         Target("W2 PG ≥ 60 % of bare asyncio", rel(pg, BARE, "w2") * 100, 60, unit=" %"),
-        Target(f"W2 PG connections ≤ w×(c+overflow)+w = {conn_limit}", median(results, pg, "w2_connections"), conn_limit, at_most=True),
+        Target(
+            f"W2 PG connections ≤ w×(c+overflow)+w = {conn_limit}",
+            median(results, pg, "w2_connections"),
+            conn_limit,
+            at_most=True,
+        ),
         Target("W1 drain PG ≥ 10,000/s", median(results, pg, "drain"), 10_000, unit="/s"),
         Target("W1 drain PG ≥ 3× pgqueuer", rel(pg, PGQ, "drain"), 3, unit="×"),
         Target("W1 drain SQLite ≥ 10,000/s", median(results, lite, "drain"), 10_000, unit="/s"),
         Target("W1 bulk enqueue PG ≥ 100,000/s", median(results, pg, "enqueue_bulk"), 100_000, unit="/s"),
         Target("W1 bulk enqueue PG ≥ 2.5× pgqueuer bulk", rel(pg, PGQ, "enqueue_bulk"), 2.5, unit="×"),
-        Target("W1 single async enqueue PG ≥ 3,000/s (concurrent producers)", median(results, pg, "enqueue_async"), 3_000, unit="/s"),
+        Target(
+            "W1 single async enqueue PG ≥ 3,000/s (concurrent producers)", median(results, pg, "enqueue_async"), 3_000, unit="/s"
+        ),
         Target("W3 PG p50 ≤ 2 ms", median(results, pg, "w3_p50"), 2, at_most=True, unit=" ms"),
         Target("W3 PG p99 ≤ 6 ms", median(results, pg, "w3_p99"), 6, at_most=True, unit=" ms"),
         Target("W3 SQLite p50 ≤ 15 ms", median(results, lite, "w3_p50"), 15, at_most=True, unit=" ms"),

@@ -5,7 +5,7 @@ One function, so the systems differ only in how they obtain a session and commit
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -16,4 +16,4 @@ async def activate(session: AsyncSession, user_id: int) -> None:
     user = await UserRepository(session).get_by_id(user_id)  # SELECT user + SELECT profile (selectinload)
     assert user.profile is not None
     user.status = "active"
-    user.updated_at = datetime.now(timezone.utc)
+    user.updated_at = datetime.now(UTC)

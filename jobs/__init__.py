@@ -3,7 +3,7 @@
 ``python -m jobs.demo`` seeds users and enqueues work; ``runner serve`` then processes it.
 """
 
+from . import users as users
 from .app import app
-from . import users as users  # noqa: F401  (registers the jobs)
 
 __all__ = ["app"]

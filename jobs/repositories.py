@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -35,7 +35,7 @@ class UserRepository:
             await self.session.execute(
                 update(User)
                 .where(User.id == user_id)
-                .values(status=status, updated_at=datetime.now(timezone.utc))
+                .values(status=status, updated_at=datetime.now(UTC))
                 .returning(User.id, User.status)
             )
         ).first()
@@ -49,4 +49,4 @@ class UserRepository:
 
     async def count_by_status(self) -> dict[str, int]:
         rows = await self.session.execute(select(User.status, func.count()).group_by(User.status))
-        return {status: count for status, count in rows.all()}
+        return dict(rows.all())

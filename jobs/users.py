@@ -4,7 +4,7 @@ rolled back on error, cancel or timeout."""
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,7 +20,7 @@ log = logging.getLogger("jobs")
 async def activate_user(session: AsyncSession, user_id: int) -> dict[str, object]:
     user = await UserRepository(session).get_by_id(user_id)
     user.status = "active"
-    user.updated_at = datetime.now(timezone.utc)
+    user.updated_at = datetime.now(UTC)
     log.info("activated user %s (%s)", user.id, user.profile.display_name)
     return {"id": user.id, "status": user.status}
 

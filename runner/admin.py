@@ -137,7 +137,10 @@ async def _status(admin: Driver, settings: Settings, as_json: bool) -> int:
     table = [[q, *[str(next((n for qq, s, n in stats if qq == q and s == st), 0)) for st in State.ALL]] for q in queues]
     _table(header, table)
     print()
-    _table(["worker", "pid", "queues", "jobs done", "seen"], [[w.owner, str(w.pid), w.queues, str(w.done), f"{now - w.seen_at:.0f}s ago"] for w in workers])
+    _table(
+        ["worker", "pid", "queues", "jobs done", "seen"],
+        [[w.owner, str(w.pid), w.queues, str(w.done), f"{now - w.seen_at:.0f}s ago"] for w in workers],
+    )
     print(f"\n{rate:.1f} jobs/s finished over the last minute")
     return 0
 
@@ -193,7 +196,22 @@ def _print_job(row: JobRow, as_json: bool) -> None:
     if as_json:
         print(json.dumps(data))
         return
-    for key in ("id", "name", "queue", "priority", "state", "attempt", "max_attempts", "lost", "key", "parent_id", "root_id", "lease_owner", "timeout", "hard_timeout"):
+    for key in (
+        "id",
+        "name",
+        "queue",
+        "priority",
+        "state",
+        "attempt",
+        "max_attempts",
+        "lost",
+        "key",
+        "parent_id",
+        "root_id",
+        "lease_owner",
+        "timeout",
+        "hard_timeout",
+    ):
         print(f"{key:>13}: {data[key]}")
     print(f"{'args':>13}: {json.dumps(data['args'])}")
     print(f"{'kwargs':>13}: {json.dumps(data['kwargs'])}")

@@ -15,9 +15,9 @@ import math
 import time
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,11 +26,11 @@ from .client import Client, JobHandle
 from .errors import ArgumentsError, ConfigError, UnknownJob
 from .gc_pause import paused_gc
 from .policy import INT32_MAX, Backoff, Policy
-from .schedules import Periodic, parse_schedule
+from .schedules import Cron, Every, Missed, parse_schedule
 from .settings import check_url
 from .wire import Callbacks, ChildSpec, Envelope
 
-__all__ = ["App", "BoundOptions", "Call", "Context", "JobDef", "JobOptions", "Lifespan", "WorkerInfo"]
+__all__ = ["App", "BoundOptions", "Call", "Context", "JobDef", "JobOptions", "Lifespan", "Periodic", "WorkerInfo"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -54,7 +54,7 @@ class Context:
     """Injected into a job that declares a parameter annotated ``Context``: who it is, and a
     channel back to the queue (progress) while it runs."""
 
-    __slots__ = ("_progress", "attempt", "job_id", "max_attempts", "meta", "name", "parent_id", "queue", "root_id")
+    __slots__ = ("_progress", "attempt", "job_id", "max_attempts", "meta", "name", "parent_id", "queue", "root_id", "run_at")
 
     def __init__(
         self,
@@ -67,6 +67,8 @@ class Context:
         root_id: int | None,
         meta: dict[str, Any],
         progress: Callable[[Any], Awaitable[None]] | None = None,
+        *,
+        run_at: float = 0.0,
     ) -> None:
         self.job_id = job_id
         self.name = name
@@ -76,6 +78,7 @@ class Context:
         self.parent_id = parent_id
         self.root_id = root_id
         self.meta = meta
+        self.run_at = run_at  # when it was due (epoch seconds): its ETA, retry time or periodic fire time
         self._progress = progress
 
     async def progress(self, value: Any) -> None:
@@ -273,7 +276,7 @@ class JobDef(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call the function inline, as if it were not a job (useful in tests)."""
-        return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
+        return self.fn(*args, **kwargs)
 
     @property
     def max_attempts(self) -> int:
@@ -300,7 +303,7 @@ class JobDef(Generic[P, R]):
             raise ArgumentsError(f"arguments do not match {self.name}{self.signature}: {exc}") from None
         if self._types is not None:
             try:
-                converted = msgspec.convert(bound.arguments, self._types)
+                converted: Any = msgspec.convert(bound.arguments, self._types)
             except msgspec.ValidationError as exc:
                 raise ArgumentsError(f"arguments do not match {self.name}{self.signature}: {exc}") from None
             for pname in bound.arguments:
@@ -384,6 +387,28 @@ def _inspect(fn: Callable[..., Any]) -> tuple[str | None, str | None, inspect.Si
     return session_param, context_param, args_sig, types
 
 
+@dataclass(frozen=True)
+class Periodic:
+    """One schedule entry: which job, when, with what arguments."""
+
+    name: str
+    job: JobDef[Any, Any]
+    schedule: Cron | Every
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    missed: Missed = "once"
+    options: dict[str, Any] = field(default_factory=dict)  # queue, priority, expires, max_attempts
+
+    def __post_init__(self) -> None:
+        if self.missed not in ("once", "skip"):
+            raise ConfigError(f"periodic {self.name}: missed={self.missed!r}; accepted: 'once' or 'skip'")
+        self.job.check_arguments(self.args, self.kwargs)
+
+    def call(self, fire_at: float) -> Call:
+        """The call for one fire time: due at that instant (``ctx.run_at`` in the job)."""
+        return self.job.options(**{**self.options, "eta": fire_at}).call(*self.args, **self.kwargs)
+
+
 class App:
     """A set of jobs and the defaults they run with.
 
@@ -439,9 +464,11 @@ class App:
             self._client = Client(configured=self.configured_broker, default=self.broker, max_payload=self.max_payload)
         return self._client
 
+    @overload
     def job(
         self,
-        fn: Callable[..., Any] | None = None,
+        fn: Callable[..., Any],
+        /,
         *,
         name: str | None = None,
         queue: str | None = None,
@@ -455,7 +482,46 @@ class App:
         hard_timeout: float | None = None,
         expires: float | timedelta | None = None,
         ignore_result: bool = False,
-    ) -> Any:
+    ) -> JobDef[..., Any]: ...
+
+    @overload
+    def job(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        retries: int = 0,
+        retry_on: Sequence[type[BaseException]] = (Exception,),
+        backoff: float = 1.0,
+        backoff_max: float = 300.0,
+        jitter: bool = True,
+        timeout: float | None = None,
+        hard_timeout: float | None = None,
+        expires: float | timedelta | None = None,
+        ignore_result: bool = False,
+    ) -> Callable[[Callable[..., Any]], JobDef[..., Any]]: ...
+
+    def job(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        retries: int = 0,
+        retry_on: Sequence[type[BaseException]] = (Exception,),
+        backoff: float = 1.0,
+        backoff_max: float = 300.0,
+        jitter: bool = True,
+        timeout: float | None = None,
+        hard_timeout: float | None = None,
+        expires: float | timedelta | None = None,
+        ignore_result: bool = False,
+    ) -> JobDef[..., Any] | Callable[[Callable[..., Any]], JobDef[..., Any]]:
         """Register ``fn`` as a job. Usable bare (``@app.job``) or with options.
 
         :param retries: extra attempts after the first, for exceptions in ``retry_on``.
@@ -575,7 +641,9 @@ class App:
         needs the async API: its transaction lives on your event loop."""
         calls = list(calls)
         if session is not None or any(c.options.session is not None for c in calls):
-            raise ArgumentsError("session= needs the async API (await app.defer_many_async(calls, session=...)): an AsyncSession's transaction lives on your event loop")
+            raise ArgumentsError(
+                "session= needs the async API (await app.defer_many_async(calls, session=...)): an AsyncSession's transaction lives on your event loop"
+            )
         return self.client.run_sync(self.defer_many_async, calls)
 
     async def defer_many_async(self, calls: Iterable[Call], *, session: AsyncSession | None = None) -> list[JobHandle]:

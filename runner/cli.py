@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -30,7 +29,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="runner", description="Durable async job runner: forked workers, one loop and one engine each.")
+    parser = argparse.ArgumentParser(
+        prog="runner", description="Durable async job runner: forked workers, one loop and one engine each."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="start the supervisor and its workers")
@@ -43,14 +44,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--grace", help="seconds in-flight jobs get on SIGTERM before they are re-queued (default: 30)")
     serve.add_argument("--lease-ttl", help="seconds a claim lasts without renewal (default: 30)")
     serve.add_argument("--heartbeat-timeout", help="seconds of worker silence before it is killed (default: 30)")
-    serve.add_argument("--poll-interval", help="seconds between idle polls (default: 0.01 SQLite, 1 PostgreSQL)")
+    serve.add_argument(
+        "--poll-interval",
+        help="seconds between idle polls, a safety net: NOTIFY or a file-change check wake workers first (default: 1)",
+    )
     serve.add_argument("--max-jobs-per-worker", help="recycle a worker after this many jobs")
     serve.add_argument("--max-memory-per-worker", help="recycle a worker above this RSS, in MiB")
     serve.add_argument("--max-payload", help="largest accepted arguments, in bytes of JSON (default: 1 MiB)")
     serve.add_argument("--max-result", help="largest accepted result, in bytes of JSON (default: 1 MiB)")
     serve.add_argument("--uvloop", action="store_const", const="1", help="run workers on uvloop (pip install runner[uvloop])")
     serve.add_argument("--node", help="this host's name in lease owners (default: hostname)")
-    serve.add_argument("--no-scheduler", dest="scheduler", action="store_const", const="0", help="do not fire periodic jobs from this host")
+    serve.add_argument(
+        "--no-scheduler", dest="scheduler", action="store_const", const="0", help="do not fire periodic jobs from this host"
+    )
     serve.add_argument("--result-ttl", help="seconds finished jobs are kept before workers purge them (default: 7 days)")
 
     migrate = sub.add_parser("migrate", help="create or upgrade the queue schema")
@@ -74,22 +80,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(ns: argparse.Namespace, app: Any = None) -> Settings:
-    """Flags over ``RUNNER_*`` over what the app suggests (the Celery shim maps
-    ``worker_concurrency`` and friends there) over defaults."""
+    """Flags over ``RUNNER_*`` over what the app suggests (its broker and database; the Celery
+    shim maps ``worker_concurrency`` and friends there) over defaults."""
     names = set(_DEFAULTS) - {"_CASTS"}
     overrides = {k: v for k, v in vars(ns).items() if k in names and v is not None}
-    suggested = {
-        k: v for k, v in (getattr(app, "serve_defaults", None) or {}).items()
-        if k not in overrides and f"RUNNER_{k.upper()}" not in os.environ
-    }  # fmt: skip
-    settings = Settings.load({**suggested, **overrides})
-    # The app's own URLs fill in when neither a flag nor the environment named one.
+    suggested: dict[str, Any] = dict(getattr(app, "serve_defaults", None) or {})
     if app is not None:
-        if getattr(app, "broker", None) and "broker" not in overrides and not {"RUNNER_BROKER", "RUNNER_BROKER_URL"} & set(os.environ):
-            settings = settings.replace(broker=app.broker)
-        if getattr(app, "database", None) and "database" not in overrides and "RUNNER_DATABASE" not in os.environ:
-            settings = settings.replace(database=app.database)
-    return settings
+        suggested["broker"] = getattr(app, "configured_broker", None) or getattr(app, "broker", None)
+        suggested["database"] = getattr(app, "database", None)
+    return Settings.load(overrides, suggested=suggested)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

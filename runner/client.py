@@ -18,7 +18,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
@@ -126,7 +126,7 @@ class Client:
 
     # -- sync API -----------------------------------------------------------------------------
 
-    def run_sync(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    def run_sync(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         """Run ``await fn(*args)`` from sync code: on the worker's loop from a job's thread, else
         on the client's own background loop."""
         token = in_worker_thread()
@@ -169,7 +169,7 @@ class Client:
                 portal.stop()
 
 
-async def _dispose_at_loop_end(driver: Driver) -> AsyncIterator[None]:
+async def _dispose_at_loop_end(driver: Driver) -> AsyncGenerator[None, None]:
     """An async generator whose ``finally`` runs when the loop finalises its async generators
     (``asyncio.run`` and ``anyio.run`` do, just before closing it): the driver's connections
     are closed on the loop they were opened on."""
@@ -200,7 +200,7 @@ class _BackgroundLoop:
 
         try:
             asyncio.run_coroutine_threadsafe(finish(), self.loop).result(5)
-        except Exception:  # noqa: BLE001 - stopping anyway
+        except Exception:
             pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)

@@ -74,6 +74,10 @@ class Batched(Completer):
         self.on_requeued = on_requeued  # a retry was written: the claim loop re-reads the next run_at
         self._pending: list[Outcome] = []
         self._wake = anyio.Event()
+        # One flush at a time: the side task and a shutdown drain must never write the same
+        # head of the buffer twice (the second write would be discarded by the guard, and its
+        # delete would drop outcomes that were never written).
+        self._flushing = anyio.Lock()
 
     async def complete(self, outcome: Outcome, session: AsyncSession | None = None) -> None:
         self._pending.append(outcome)
@@ -104,10 +108,13 @@ class Batched(Completer):
                 delay = min(delay * 2, 5.0)
 
     async def flush_once(self) -> None:
-        batch = self._pending[: self.max_batch]
-        with anyio.CancelScope(shield=True):  # an outcome in flight must not be half-lost to a cancel
-            await _write_isolated(self.driver, batch)
-        del self._pending[: len(batch)]
+        async with self._flushing:
+            batch = self._pending[: self.max_batch]
+            if not batch:
+                return
+            with anyio.CancelScope(shield=True):  # an outcome in flight must not be half-lost to a cancel
+                await _write_isolated(self.driver, batch)
+            del self._pending[: len(batch)]
         if self.on_requeued is not None and any(o.state == State.QUEUED for o in batch):
             self.on_requeued()
 

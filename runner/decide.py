@@ -9,23 +9,26 @@ builds an event and asks here; drivers only write what comes back.
 =================  ==========================================  ================================
 event              attempts left and the error is retryable    otherwise
 =================  ==========================================  ================================
-Returned           succeeded (+ on_success children)           failed if the result is not JSON
-                                                               or over --max-result
+Returned           succeeded (+ on_success children)           failed (+ on_failure) if the result
+                                                               is not JSON or over --max-result;
+                                                               failed if an on_success child
+                                                               cannot be enqueued
 Raised             queued at now + backoff                     failed (+ on_failure)
 RetryRequested     queued at now + delay (or backoff)          failed, saying no attempts were
                                                                left (+ on_failure)
 SoftTimeout        as Raised(JobTimeout)                       as Raised(JobTimeout)
 HardKilled         as Raised(TimeLimitExceeded)                as Raised(TimeLimitExceeded)
-Frozen             queued, attempt given back, lost + 1        failed at --max-lost
+Frozen             queued, attempt given back, lost + 1        failed at --max-lost (+ on_failure)
 WorkerLost         queued, attempt given back, lost + 1        failed at --max-lost (+ on_failure)
 Cancelled          cancelled                                   cancelled
 Expired            expired, attempt given back                 expired
 DatabaseAway       queued at now + 1 s, attempt given back     (never counts)
 GaveBack           queued, attempt given back                  (never counts)
-NotRunnable        failed (+ on_failure)                       failed
+NotRunnable        failed (+ on_failure)                       failed (+ on_failure)
 =================  ==========================================  ================================
 
-A ``BadRow`` (a row that could not be decoded) is failed with its decoding error whatever the
+``RetryRequested`` is the job's own request, so ``retry_on`` does not apply to it; only the
+attempts left do. A ``BadRow`` (a row that could not be decoded) is failed with its decoding error whatever the
 event: it cannot be run, and its callbacks cannot be trusted.
 """
 
@@ -224,7 +227,8 @@ def decide(item: Attempt | BadRow, policy: Policy, event: Event, *, now: float, 
             error = ErrorInfo(type="Cancelled", message="cancelled while running", attempt=item.attempt)
             return _final(item, State.CANCELLED, now, error=error)
         case Expired():
-            message = f"expired at {item.expires_at:.3f}, before it started"
+            when = "" if item.expires_at is None else f" at {item.expires_at:.3f}"
+            message = f"expired{when}, before it started"
             error = ErrorInfo(type="Expired", message=message)
             return _final(item, State.EXPIRED, now, error=error, attempt=item.attempt - 1)
         case DatabaseAway(error):
@@ -242,9 +246,13 @@ def _returned(item: Attempt, policy: Policy, value: Any, now: float) -> Outcome:
         try:
             result = encode_json_bytes(value, f"the result of {item.name}")
         except SerializationError as exc:
-            return _failed_for_good(item, policy, ErrorInfo(type="SerializationError", message=str(exc), attempt=item.attempt), now)
+            return _failed_for_good(
+                item, policy, ErrorInfo(type="SerializationError", message=str(exc), attempt=item.attempt), now
+            )
         if len(result) > policy.max_result:
-            message = f"the result of {item.name} is {len(result):,} bytes of JSON; the limit is {policy.max_result:,} (--max-result)"
+            message = (
+                f"the result of {item.name} is {len(result):,} bytes of JSON; the limit is {policy.max_result:,} (--max-result)"
+            )
             return _failed_for_good(item, policy, ErrorInfo(type="ResultTooLarge", message=message, attempt=item.attempt), now)
     try:
         children = _children(item, item.callbacks.on_success, value, "on_success", policy)
@@ -374,10 +382,19 @@ def _children(item: Attempt, specs: Sequence[ChildSpec], value: Any, which: str,
         callbacks = Callbacks(on_success=spec.on_success, on_failure=spec.on_failure)
         children.append(
             Envelope(
-                name=spec.name, args=args, kwargs=spec.kwargs, queue=spec.queue or item.queue, priority=spec.priority,
-                max_attempts=spec.max_attempts, key=spec.key, timeout=spec.timeout, hard_timeout=spec.hard_timeout,
-                parent_id=item.id, root_id=item.root_id or item.id, meta=spec.meta, callbacks=callbacks or None,
+                name=spec.name,
+                args=args,
+                kwargs=spec.kwargs,
+                queue=spec.queue or item.queue,
+                priority=spec.priority,
+                max_attempts=spec.max_attempts,
+                key=spec.key,
+                timeout=spec.timeout,
+                hard_timeout=spec.hard_timeout,
+                parent_id=item.id,
+                root_id=item.root_id or item.id,
+                meta=spec.meta,
+                callbacks=callbacks or None,
             )  # fmt: skip
         )
     return tuple(children)
-

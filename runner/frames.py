@@ -8,8 +8,8 @@ a crash is restarted with backoff, never taken for a drain.
 from __future__ import annotations
 
 import struct
-from enum import Enum
-from typing import Final, Union
+from enum import StrEnum
+from typing import Final
 
 import msgspec
 
@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 
-class StopReason(str, Enum):
+class StopReason(StrEnum):
     """Why a worker leaves. The supervisor replaces RECYCLED at once, restarts CRASHED and
     STARTUP_FAILED with backoff (and gives up on a slot that never gets ready), and lets the
     others go."""
@@ -42,7 +42,7 @@ class StopReason(str, Enum):
     STARTUP_FAILED = "startup_failed"  # never got Ready (database away, a lifespan hook raised)
 
     @property
-    def replace(self) -> bool:
+    def wants_replacement(self) -> bool:
         return self in (StopReason.RECYCLED, StopReason.CRASHED, StopReason.STARTUP_FAILED)
 
 
@@ -89,7 +89,7 @@ class Stop(msgspec.Struct, frozen=True, tag=True):
     """Fast stop: cancel in-flight jobs now and give them back."""
 
 
-Frame = Union[Ready, Heartbeat, Started, Finished, Stopped, Drain, Stop]
+Frame = Ready | Heartbeat | Started | Finished | Stopped | Drain | Stop
 
 _HEADER = struct.Struct(">I")
 MAX_FRAME: Final = 1 << 20

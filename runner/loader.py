@@ -25,7 +25,9 @@ def load_app(spec: str) -> App:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise ConfigError(f"--app {spec!r}: no module named {exc.name!r} (is it on PYTHONPATH / in the current directory?)") from None
+            raise ConfigError(
+                f"--app {spec!r}: no module named {exc.name!r} (is it on PYTHONPATH / in the current directory?)"
+            ) from None
         raise ConfigError(f"--app {spec!r}: importing {module_name} failed: {exc}") from exc
     except Exception as exc:
         raise ConfigError(f"--app {spec!r}: importing {module_name} raised {type(exc).__name__}: {exc}") from exc

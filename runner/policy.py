@@ -48,8 +48,14 @@ class Policy:
     max_payload: int = 1 << 20
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or not 1 <= self.max_attempts <= INT32_MAX:
-            raise ConfigError(f"retries={self.max_attempts - 1 if isinstance(self.max_attempts, int) else self.max_attempts!r}: accepted: an int from 0 to {INT32_MAX - 1}")
+        if (
+            isinstance(self.max_attempts, bool)
+            or not isinstance(self.max_attempts, int)
+            or not 1 <= self.max_attempts <= INT32_MAX
+        ):
+            raise ConfigError(
+                f"retries={self.max_attempts - 1 if isinstance(self.max_attempts, int) else self.max_attempts!r}: accepted: an int from 0 to {INT32_MAX - 1}"
+            )
         if not all(isinstance(t, type) and issubclass(t, BaseException) for t in self.retry_on):
             raise ConfigError(f"retry_on={self.retry_on!r}: accepted: exception classes")
 

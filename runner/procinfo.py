@@ -32,16 +32,22 @@ def boot_id() -> str:
         return ""
 
 
-def process_started(pid: int) -> int:
-    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat); 0 if unknown."""
+def _stat(pid: int) -> list[str]:
+    """Fields 3 onwards of /proc/PID/stat (state first); [] if unreadable."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             data = f.read()
     except OSError:
-        return 0
+        return []
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    return data[data.rindex(")") + 2 :].split() if ")" in data else []
+
+
+def process_started(pid: int) -> int:
+    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat); 0 if unknown."""
+    fields = _stat(pid)
     try:
-        # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-        return int(data[data.rindex(")") + 2 :].split()[19])
+        return int(fields[19])
     except (ValueError, IndexError):
         return 0
 
@@ -56,5 +62,8 @@ def process_dead(pid: int, started: int, boot: str) -> bool:
         return True
     except PermissionError:
         pass  # exists, owned by someone else: compare start times
+    fields = _stat(pid)
+    if fields and fields[0] in ("Z", "X"):  # a zombie nobody has reaped yet holds nothing
+        return True
     now = process_started(pid)
     return now != 0 and now != started

@@ -139,7 +139,9 @@ def _text(row: dict[str, Any], name: str) -> bytes | None:
         try:
             data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise _Bad("SerializationError", f"{name} column is not valid UTF-8 text (byte {exc.start}); accepted: UTF-8 JSON text") from None
+            raise _Bad(
+                "SerializationError", f"{name} column is not valid UTF-8 text (byte {exc.start}); accepted: UTF-8 JSON text"
+            ) from None
         return data
     raise _Bad("SerializationError", f"{name} column holds a {type(value).__name__}; accepted: text")
 
@@ -183,7 +185,7 @@ def _decode_callbacks(data: bytes | None) -> Callbacks:
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise _Bad(
             "SerializationError",
-            f"callbacks column is not valid ({exc}); accepted: {{\"on_success\": [job specs], \"on_failure\": [job specs]}}",
+            f'callbacks column is not valid ({exc}); accepted: {{"on_success": [job specs], "on_failure": [job specs]}}',
         ) from None
     _check_specs(callbacks.on_success, "on_success")
     _check_specs(callbacks.on_failure, "on_failure")
@@ -195,7 +197,10 @@ def _check_specs(specs: Sequence[ChildSpec], where: str) -> None:
     for i, spec in enumerate(specs):
         for name in ("name", "queue", "key"):
             if "\x00" in (getattr(spec, name) or ""):
-                raise _Bad("SerializationError", f"callbacks column: $.{where}[{i}].{name} contains a NUL character; accepted: text without NUL")
+                raise _Bad(
+                    "SerializationError",
+                    f"callbacks column: $.{where}[{i}].{name} contains a NUL character; accepted: text without NUL",
+                )
         _check_specs(spec.on_success, f"{where}[{i}].on_success")
         _check_specs(spec.on_failure, f"{where}[{i}].on_failure")
 

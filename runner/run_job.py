@@ -183,7 +183,9 @@ class JobRunner:
         except (DBAPIError, OSError) as exc:
             if database_unavailable(exc):
                 # The database went away under the job (restart, failover): not the job's fault.
-                return DatabaseAway(ErrorInfo(type="DatabaseUnavailable", message=describe_exception(exc)[:2000], attempt=running.attempt.attempt))
+                return DatabaseAway(
+                    ErrorInfo(type="DatabaseUnavailable", message=describe_exception(exc)[:2000], attempt=running.attempt.attempt)
+                )
             return Raised(error_info(exc, running.attempt.attempt), type(exc))
         except Exception as exc:
             return Raised(error_info(exc, running.attempt.attempt), type(exc))
@@ -230,13 +232,15 @@ class JobRunner:
         a = running.attempt
         return Context(
             a.id, job.name, a.attempt, a.max_attempts or job.max_attempts, a.queue, a.parent_id, a.root_id, a.meta,
-            functools.partial(self._progress, a),
+            functools.partial(self._progress, a), run_at=a.run_at,
         )  # fmt: skip
 
     async def _progress(self, attempt: Attempt, value: Any) -> None:
         text = encode_json(value, "progress")
         if len(text.encode()) > self.limits.get("max_result", 1 << 20):
-            raise SerializationError(f"progress is {len(text.encode()):,} bytes of JSON; the limit is {self.limits['max_result']:,} (--max-result)")
+            raise SerializationError(
+                f"progress is {len(text.encode()):,} bytes of JSON; the limit is {self.limits['max_result']:,} (--max-result)"
+            )
         await self.driver.set_progress(attempt.id, attempt.token, text)
 
     async def _run_in_thread(self, running: Running, fn: Callable[[], Any]) -> Any:

@@ -17,8 +17,8 @@ from datetime import datetime
 
 import anyio
 
+from .app import Periodic
 from .drivers import Driver
-from .schedules import Periodic
 
 __all__ = ["MISFIRE_GRACE", "Scheduler"]
 
@@ -86,10 +86,7 @@ class Scheduler:
             return time.time() + 1.0
 
     async def _fire(self, entry: Periodic, fire_at: float) -> int | None:
-        call = entry.job.options(meta={"periodic": entry.name, "fire_at": fire_at}, **entry.options).call(
-            *entry.args, **entry.kwargs
-        )
-        job_id = await self.driver.fire(entry.name, fire_at, call.envelope(time.time()))
+        job_id = await self.driver.fire(entry.name, fire_at, entry.call(fire_at).envelope(time.time()))
         if job_id is not None:
             self.fired += 1
             log.info("periodic %s fired for %s: job %d", entry.name, _iso(fire_at), job_id)

@@ -7,19 +7,16 @@ and the database keeps one job per instant (``scheduler.py`` fires them).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
 from .errors import ConfigError
 
-if TYPE_CHECKING:
-    from .app import JobDef
-
-__all__ = ["Cron", "Every", "Periodic", "parse_schedule", "zone"]
+__all__ = ["Cron", "Every", "Missed", "parse_schedule", "zone"]
 
 Missed = Literal["once", "skip"]
 
@@ -80,30 +77,10 @@ def zone(name: str) -> ZoneInfo:
         raise ConfigError(f"unknown timezone {name!r}; use an IANA name such as 'UTC' or 'Europe/Paris'") from None
 
 
-def parse_schedule(
-    cron: str | None = None, every: float | timedelta | None = None, tz: str = "UTC"
-) -> Cron | Every:
+def parse_schedule(cron: str | None = None, every: float | timedelta | None = None, tz: str = "UTC") -> Cron | Every:
     if (cron is None) == (every is None):
         raise ConfigError("a periodic job needs exactly one of cron='m h dom mon dow' or every=seconds/timedelta")
     if cron is not None:
         return Cron(cron, tz)
     seconds = every.total_seconds() if isinstance(every, timedelta) else float(every)  # type: ignore[arg-type]
     return Every(seconds)
-
-
-@dataclass(frozen=True)
-class Periodic:
-    """One schedule entry: which job, when, with what arguments."""
-
-    name: str
-    job: JobDef[Any, Any]
-    schedule: Cron | Every
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    missed: Missed = "once"
-    options: dict[str, Any] = field(default_factory=dict)  # queue, priority, expires, max_attempts
-
-    def __post_init__(self) -> None:
-        if self.missed not in ("once", "skip"):
-            raise ConfigError(f"periodic {self.name}: missed={self.missed!r}; accepted: 'once' or 'skip'")
-        self.job.check_arguments(self.args, self.kwargs)

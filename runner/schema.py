@@ -73,11 +73,9 @@ _COLUMNS = """
 
 _INDEXES: Final = (
     # The claim: the next runnable jobs of one queue, best priority first, then FIFO.
-    "CREATE INDEX IF NOT EXISTS runner_jobs_claim ON runner_jobs (queue, priority DESC, run_at, id)"
-    " WHERE state = 'queued'",
+    "CREATE INDEX IF NOT EXISTS runner_jobs_claim ON runner_jobs (queue, priority DESC, run_at, id) WHERE state = 'queued'",
     # Lease renewal, the expired-lease sweep and a dead worker's rows: only running rows.
-    "CREATE INDEX IF NOT EXISTS runner_jobs_running ON runner_jobs (lease_expires_at, lease_owner)"
-    " WHERE state = 'running'",
+    "CREATE INDEX IF NOT EXISTS runner_jobs_running ON runner_jobs (lease_expires_at, lease_owner) WHERE state = 'running'",
     # Idempotency as a lock: at most one queued-or-running job per key.
     "CREATE UNIQUE INDEX IF NOT EXISTS runner_jobs_live_key ON runner_jobs (key)"
     " WHERE key IS NOT NULL AND state IN ('queued', 'running')",

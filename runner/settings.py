@@ -49,7 +49,7 @@ def backend_of(url: str) -> str:
 def async_url(url: str) -> str:
     """Map a plain URL to SQLAlchemy's asyncio driver: sqlite -> aiosqlite, postgresql -> asyncpg."""
     check_url(url)
-    scheme, rest = url.split("://", 1)
+    _scheme, rest = url.split("://", 1)
     return ("sqlite+aiosqlite://" if backend_of(url) == "sqlite" else "postgresql+asyncpg://") + rest
 
 
@@ -63,7 +63,7 @@ def _positive_int(value: str | int) -> int:
 def _optional_positive_int(value: str | int | None) -> int | None:
     if value in (None, "", "0", 0, "none"):
         return None
-    return _positive_int(value)  # type: ignore[arg-type]
+    return _positive_int(value)
 
 
 def _positive_float(value: str | float) -> float:
@@ -76,7 +76,7 @@ def _positive_float(value: str | float) -> float:
 def _optional_float(value: str | float | None) -> float | None:
     if value in (None, "", "none"):
         return None
-    return _positive_float(value)  # type: ignore[arg-type]
+    return _positive_float(value)
 
 
 def _bool(value: str | bool) -> bool:
@@ -113,7 +113,7 @@ def _url(value: str) -> str:
 
 
 def _optional_url(value: str | None) -> str | None:
-    return None if value in (None, "") else check_url(value)  # type: ignore[arg-type]
+    return None if not value else check_url(value)
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class Settings:
     grace: float = 30.0
     lease_ttl: float = 30.0
     heartbeat_timeout: float = 30.0
-    poll_interval: float | None = None  # None: 10 ms on SQLite, 1 s on PostgreSQL (NOTIFY wakes first)
+    poll_interval: float = 1.0  # a safety net: NOTIFY (PostgreSQL) or a file-change check (SQLite) wakes workers first
     max_jobs_per_worker: int | None = None
     max_memory_per_worker: int | None = None  # MiB of RSS
     max_payload: int = 1 << 20
@@ -152,30 +152,29 @@ class Settings:
         """True when jobs' sessions and the queue live in one database (exactly-once applies)."""
         return self.database is None or self.database == self.broker
 
-    @property
-    def effective_poll_interval(self) -> float:
-        if self.poll_interval is not None:
-            return self.poll_interval
-        return 0.01 if backend_of(self.broker) == "sqlite" else 1.0
-
     @classmethod
     def load(
         cls,
         overrides: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
+        suggested: Mapping[str, Any] | None = None,
     ) -> Settings:
-        """Build from ``overrides`` (CLI flags, None = not given) over ``RUNNER_*`` in ``env``."""
+        """Build from, lowest first: defaults, what the app ``suggested`` (its broker, the Celery
+        shim's ``worker_concurrency``...), ``RUNNER_*`` in ``env``, then ``overrides`` (CLI
+        flags; None = not given)."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         names = {f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")}
+        for name, raw in (suggested or {}).items():
+            if raw is not None and name in names:
+                values[name] = _cast(name, raw, source=f"the app's {name}")
         for key, raw in env.items():
             if not key.startswith("RUNNER_"):
                 continue
             name = _ENV_ALIASES.get(key, key[len("RUNNER_") :].lower())
             if name not in names:
                 raise ConfigError(
-                    f"unknown environment variable {key}; accepted: "
-                    + ", ".join(f"RUNNER_{n.upper()}" for n in sorted(names))
+                    f"unknown environment variable {key}; accepted: " + ", ".join(f"RUNNER_{n.upper()}" for n in sorted(names))
                 )
             values[name] = _cast(name, raw, source=key)
         for name, raw in (overrides or {}).items():
@@ -193,7 +192,7 @@ class Settings:
         env = os.environ if env is None else env
         for key in ("RUNNER_BROKER", "RUNNER_BROKER_URL"):
             if env.get(key):
-                return _cast("broker", env[key], source=key)  # type: ignore[no-any-return]
+                return str(_cast("broker", env[key], source=key))
         return None
 
     def replace(self, **changes: Any) -> Settings:
@@ -214,7 +213,7 @@ _CASTS: dict[str, Callable[[Any], Any]] = {
     "grace": _positive_float,
     "lease_ttl": _positive_float,
     "heartbeat_timeout": _positive_float,
-    "poll_interval": _optional_float,
+    "poll_interval": _positive_float,
     "max_jobs_per_worker": _optional_positive_int,
     "max_memory_per_worker": _optional_positive_int,
     "max_payload": _positive_int,

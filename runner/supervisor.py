@@ -194,7 +194,7 @@ class Supervisor:
         slot.pid = 0
         leaving, now = slot.leaving, time.monotonic()
         reason = leaving.reason if leaving is not None else None
-        if self.stopping or (reason is not None and not reason.replace):
+        if self.stopping or (reason is not None and not reason.wants_replacement):
             slot.finished = True
             log.info("worker slot=%d left (%s, %s)", slot.index, reason.value if reason else "stopping", how)
             return
@@ -218,7 +218,14 @@ class Supervisor:
             self._give_up(f"worker slot {slot.index} could not start {slot.start_failures} times in a row; last: {detail}")
             return
         backoff = min(30.0, 0.5 * 2 ** (slot.start_failures - 1))
-        log.error("worker slot=%d failed to start (%s); try %d of %d in %.1fs", slot.index, detail, slot.start_failures + 1, MAX_START_FAILURES, backoff)
+        log.error(
+            "worker slot=%d failed to start (%s); try %d of %d in %.1fs",
+            slot.index,
+            detail,
+            slot.start_failures + 1,
+            MAX_START_FAILURES,
+            backoff,
+        )
         slot.next_start = now + backoff
 
     def _died(self, slot: Slot, detail: str, now: float) -> None:
@@ -307,13 +314,17 @@ class Supervisor:
             late = [(job, limit) for job, (deadline, limit) in slot.deadlines.items() if wall > deadline]
             if late:
                 job_ids = tuple(job for job, _ in late)
-                log.error("worker slot=%d pid=%d: job(s) %s passed their hard time limit; killing it", slot.index, slot.pid, job_ids)
+                log.error(
+                    "worker slot=%d pid=%d: job(s) %s passed their hard time limit; killing it", slot.index, slot.pid, job_ids
+                )
                 self._kill(slot, self.fault_factory("hard_timeout", job_ids, late[0][1]))
                 continue
             silent = now - slot.last_seen
             limit = self.heartbeat_timeout if slot.ready else STARTUP_TIMEOUT
             if silent > limit:
-                log.error("worker slot=%d pid=%d silent for %.0fs (event loop blocked?); killing it", slot.index, slot.pid, silent)
+                log.error(
+                    "worker slot=%d pid=%d silent for %.0fs (event loop blocked?); killing it", slot.index, slot.pid, silent
+                )
                 self._kill(slot, self.fault_factory("unresponsive", (), 0.0))
         if self.stopping and now > self.stop_deadline:
             for slot in self.slots:
@@ -343,7 +354,11 @@ class Supervisor:
             if signum == signal.SIGINT:
                 self.sigints += 1
             if not self.stopping:
-                log.warning("%s received: draining workers (grace %.0fs); press Ctrl-C again to stop fast", signal.Signals(signum).name, self.grace)
+                log.warning(
+                    "%s received: draining workers (grace %.0fs); press Ctrl-C again to stop fast",
+                    signal.Signals(signum).name,
+                    self.grace,
+                )
                 self._begin_stop()
             elif signum == signal.SIGINT and self.sigints >= 2 and not self.fast:
                 log.warning("second SIGINT: stopping fast; unfinished jobs are re-queued")

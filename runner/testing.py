@@ -41,14 +41,14 @@ __all__ = ["eager", "rollback_session", "run_burst"]
 
 async def run_burst(app: App, broker: str, *, concurrency: int = 4, **settings: Any) -> Worker:
     """Run one in-process worker until nothing is runnable; returns it (``.done`` = jobs run)."""
-    values = {"broker": broker, "concurrency": concurrency, "burst": True, "scheduler": False, "grace": 5.0}
+    values: dict[str, Any] = {"broker": broker, "concurrency": concurrency, "burst": True, "scheduler": False, "grace": 5.0}
     values.update(settings)
     worker = Worker(app, Settings(**values), slot=0, owner=f"test:{os.getpid()}:0", sock=None)
     await worker.main()
     return worker
 
 
-class eager:  # noqa: N801 - used like a function: ``with eager(app):``
+class eager:
     """Within the block, ``job.defer(...)`` and ``defer_async`` run the job inline, on the
     caller's loop (or the client's private one for sync callers), against an in-memory SQLite
     queue: the same SQL, claim, decision and completion path as a worker, so handles, retries

@@ -204,7 +204,9 @@ def encode_json_bytes(value: Any, what: str = "value") -> bytes:
     """Encode to JSON bytes, naming ``what`` in the error so the message points at the culprit."""
     try:
         return _json_encoder.encode(value)
-    except (TypeError, msgspec.EncodeError, OverflowError, ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise SerializationError(f"{what} nests deeper than {MAX_DEPTH} levels; accepted: at most {MAX_DEPTH}") from None
+    except (TypeError, msgspec.EncodeError, OverflowError, ValueError) as exc:
         raise SerializationError(f"{what} cannot be encoded as JSON ({exc}); accepted: {ACCEPTED_VALUES}") from None
 
 

@@ -127,7 +127,13 @@ class Worker:
                     await stack.enter_async_context(lifespan(info))
                 self._send(Ready(os.getpid(), self.slot))
                 ready = True
-                log.info("worker %s ready: pid=%d queues=%s concurrency=%d", self.owner, os.getpid(), ",".join(self.queues), self.concurrency)
+                log.info(
+                    "worker %s ready: pid=%d queues=%s concurrency=%d",
+                    self.owner,
+                    os.getpid(),
+                    ",".join(self.queues),
+                    self.concurrency,
+                )
                 await self._serve()
         except Exception as exc:
             self.stop_reason = StopReason.CRASHED if ready else StopReason.STARTUP_FAILED
@@ -146,10 +152,14 @@ class Worker:
         # No pre-ping: it costs a round trip per checkout. A dead connection instead fails one
         # statement, which invalidates the pool; queue operations retry, and a job whose
         # connection died is given back without counting an attempt (run_job.py).
-        self.driver: Driver = open_driver(settings.broker, pool_size=pool, max_overflow=POOL_OVERFLOW, max_payload=settings.max_payload)
+        self.driver: Driver = open_driver(
+            settings.broker, pool_size=pool, max_overflow=POOL_OVERFLOW, max_payload=settings.max_payload
+        )
         db_engine = self.driver.engine
         if not settings.shared_database:
-            db_engine = create_engine(settings.database_url, pool_size=self.concurrency, max_overflow=POOL_OVERFLOW, pre_ping=False)
+            db_engine = create_engine(
+                settings.database_url, pool_size=self.concurrency, max_overflow=POOL_OVERFLOW, pre_ping=False
+            )
         self.db_engine = db_engine
         sessions = make_sessionmaker(db_engine)
         use_sessionmaker(sessions)
@@ -186,8 +196,13 @@ class Worker:
         settled = await self._settle(self.owner, self._predecessor_event)
         if self.slot == 0:
             for worker in await self.driver.workers(since=0.0):
-                if worker.node == self.settings.node and worker.owner != self.owner and process_dead(worker.pid, worker.pid_started, worker.boot_id):
-                    settled += await self._settle(worker.owner, lambda _item: WorkerLost(f"worker {worker.owner} died (its process is gone)"))
+                if (
+                    worker.node == self.settings.node
+                    and worker.owner != self.owner
+                    and process_dead(worker.pid, worker.pid_started, worker.boot_id)
+                ):
+                    why = f"worker {worker.owner} died (its process is gone)"
+                    settled += await self._settle(worker.owner, lambda _item, why=why: WorkerLost(why))
                     await self.driver.worker_gone(worker.owner)
         if settled:
             log.warning("worker %s: settled %d jobs that dead workers held", self.owner, settled)
@@ -338,7 +353,7 @@ class Worker:
     async def _idle(self) -> None:
         """Sleep until poked (NOTIFY, a change to the SQLite file, a slot freed), the earliest
         delayed job is due, or the poll interval passes."""
-        timeout = self.settings.effective_poll_interval
+        timeout = self.settings.poll_interval
         try:
             due = await self.driver.next_run_at(self.queues)
         except Exception:
@@ -397,7 +412,9 @@ class Worker:
             if memory_limit and self.done > 0 and not self.draining:
                 rss = rss_kb()
                 if rss > memory_limit * 1024:
-                    log.warning("worker %s uses %d MiB (--max-memory-per-worker %d): recycling", self.owner, rss // 1024, memory_limit)
+                    log.warning(
+                        "worker %s uses %d MiB (--max-memory-per-worker %d): recycling", self.owner, rss // 1024, memory_limit
+                    )
                     self._drain(StopReason.RECYCLED, grace=self.settings.grace)
             await anyio.sleep(HEARTBEAT_EVERY)
 
@@ -405,9 +422,18 @@ class Worker:
         running = [[job_id, round(time.time() - (time.monotonic() - r.started), 3)] for job_id, r in self.running.items()]
         await self.driver.worker_seen(
             WorkerRow(
-                owner=self.owner, node=self.settings.node, pid=os.getpid(), pid_started=process_started(os.getpid()),
-                boot_id=boot_id(), queues=",".join(self.queues), concurrency=self.concurrency, started_at=self.started_at,
-                seen_at=time.time(), done=self.done, rss_kb=rss_kb(), running=msgspec.json.encode(running).decode(),
+                owner=self.owner,
+                node=self.settings.node,
+                pid=os.getpid(),
+                pid_started=process_started(os.getpid()),
+                boot_id=boot_id(),
+                queues=",".join(self.queues),
+                concurrency=self.concurrency,
+                started_at=self.started_at,
+                seen_at=time.time(),
+                done=self.done,
+                rss_kb=rss_kb(),
+                running=msgspec.json.encode(running).decode(),
             )  # fmt: skip
         )
 
@@ -515,4 +541,3 @@ class Worker:
             self.sock.sendall(encode_frame(frame))
         except OSError:
             pass  # the supervisor is gone; _control notices the EOF and drains
-

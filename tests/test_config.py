@@ -23,7 +23,11 @@ def test_public_api_is_pinned() -> None:
         "SchemaError", "SerializationError", "Settings", "State", "TimeLimitExceeded", "UnknownJob", "WorkerInfo",
         "create_engine", "session_scope",
     ]  # fmt: skip
-    public = {name for name, value in vars(runner).items() if not name.startswith("_") and name != "annotations" and not isinstance(value, type(runner))}
+    public = {
+        name
+        for name, value in vars(runner).items()
+        if not name.startswith("_") and name != "annotations" and not isinstance(value, type(runner))
+    }
     assert public == set(runner.__all__), "every public name of the package is in __all__, and only those"
 
 

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import text
 
 from runner import App, CancelResult, JobFailed
+from runner.drivers import Driver
 from runner.errors import ArgumentsError
 from runner.session import create_engine
-from runner.drivers import Driver
 from runner.testing import eager, rollback_session, run_burst
 from runner.wire import State
 from tests.apps import basic
@@ -129,7 +129,7 @@ def test_per_call_limits_are_checked_and_have_their_own_fields() -> None:
     envelope = basic.add.options(timeout=2, hard_timeout=5, meta={"mine": 1}).call(1, 2).envelope(0.0)
     assert (envelope.timeout, envelope.hard_timeout, envelope.meta) == (2.0, 5.0, {"mine": 1}), "meta is the user's alone"
     for bad in (0, -1, "3", True):
-        with pytest.raises(ArgumentsError, match="option hard_timeout=.* is not valid; accepted: a "):
+        with pytest.raises(ArgumentsError, match=r"option hard_timeout=.* is not valid; accepted: a "):
             basic.add.options(hard_timeout=bad).call(1, 2).envelope(0.0)
 
 

@@ -103,7 +103,9 @@ async def test_chained_job_gets_the_parent_result(configured: str) -> None:
     parent = await basic.parent_of_chain.options(on_success=basic.child_of_chain.call(5)).defer_async(4)
     await drain(configured)
     assert await parent.wait_async(5) == 40
-    ((child_id, result, parent_id, root_id),) = sql(configured, "SELECT id, result, parent_id, root_id FROM runner_jobs WHERE name LIKE '%child_of_chain'")
+    ((_child_id, result, parent_id, root_id),) = sql(
+        configured, "SELECT id, result, parent_id, root_id FROM runner_jobs WHERE name LIKE '%child_of_chain'"
+    )
     assert (json.loads(result), parent_id, root_id) == (45, parent.id, parent.id)
 
 

@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from runner import App
-from runner.errors import ConfigError
 from runner.drivers import Driver
+from runner.errors import ConfigError
 from runner.scheduler import MISFIRE_GRACE, Scheduler
 from runner.schedules import Cron, Every
 from tests.apps import periodic_app

@@ -4,6 +4,7 @@
 * ``sql.py``      -- the SQL both drivers share
 * ``postgres.py`` -- the PostgreSQL driver (asyncpg; SKIP LOCKED, LISTEN/NOTIFY, COPY)
 * ``sqlite.py``   -- the SQLite driver (aiosqlite; one writer, and its control-plane file)
+* ``engines.py``  -- engines for each database (SQLite's pragmas and writer lock)
 * ``migrate_v1.py`` -- the upgrade from queue schema 1
 
 ``open_driver(url)`` is the only way in: it builds the engine(s) and returns the right driver.
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..session import create_engine, sqlite_path
 from ..settings import backend_of
 from .base import CancelResult, Driver, JobFilter, JobRow, WorkerRow
+from .engines import create_engine, sqlite_path
 
 __all__ = ["CancelResult", "Driver", "JobFilter", "JobRow", "WorkerRow", "open_driver"]
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
-from typing import Any
+from enum import StrEnum
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -26,7 +25,7 @@ from ..wire import Attempt, BadRow, Envelope
 __all__ = ["CancelResult", "Driver", "JobFilter", "JobRow", "WorkerRow"]
 
 
-class CancelResult(str, Enum):
+class CancelResult(StrEnum):
     """What ``cancel`` did. ``CANCELLED``: the job was queued and is now cancelled.
     ``REQUESTED``: it is running; its worker cancels it within a second (its session rolls back).
     ``FINISHED``: it had already finished; nothing changed. ``NOT_FOUND``: no such job."""
@@ -259,4 +258,3 @@ class Driver(ABC):
     @abstractmethod
     async def dispose(self) -> None:
         """Close every connection this driver opened."""
-

@@ -20,8 +20,6 @@ import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..schema import constraints
-
 __all__ = ["upgrade_postgres", "upgrade_sqlite"]
 
 _SYSTEM_KEYS: Final = ("timeout", "hard_timeout", "on_success", "on_failure")
@@ -34,7 +32,7 @@ _MOVE: Final = text(
 )
 _MIGRATION_ERROR: Final = (
     '{"type":"SerializationError","message":"the upgrade to queue schema 2 found a value no worker could run in this row '
-    '(run_at or expires_at not a finite number of epoch seconds, or a counter below 0); that value was reset and the job '
+    "(run_at or expires_at not a finite number of epoch seconds, or a counter below 0); that value was reset and the job "
     'failed: check it, then `runner jobs retry ID`"}'
 )
 
@@ -83,14 +81,13 @@ _V1_COLUMNS: Final = (
 )
 
 
-async def upgrade_postgres(conn: AsyncConnection) -> None:
+async def upgrade_postgres(conn: AsyncConnection, checks: list[tuple[str, str]]) -> None:
+    """``checks``: schema 2's (name, expression) constraints, as PostgreSQL spells them."""
     for statement in _PG_COLUMNS:
         await conn.execute(text(statement))
     await _move_system_meta(conn)
     await conn.execute(_PG_SANITISE)
-    from .postgres import DIALECT
-
-    for name, check in constraints(DIALECT):
+    for name, check in checks:
         await conn.execute(text("ALTER TABLE runner_jobs DROP CONSTRAINT IF EXISTS " + name))
         await conn.execute(text("ALTER TABLE runner_jobs ADD CONSTRAINT " + name + " CHECK (" + check + ")"))
 
@@ -129,7 +126,11 @@ async def _move_system_meta(conn: AsyncConnection) -> None:
 def _split(meta: dict[str, Any]) -> dict[str, Any]:
     """Schema 1's meta -> schema 2's columns: (meta, timeout, hard_timeout, callbacks JSON)."""
     own = {k: v for k, v in meta.items() if k not in _SYSTEM_KEYS}
-    callbacks = {k: [_spec(s) for s in meta[k] if isinstance(s, dict)] for k in ("on_success", "on_failure") if isinstance(meta.get(k), list)}
+    callbacks = {
+        k: [_spec(s) for s in meta[k] if isinstance(s, dict)]
+        for k in ("on_success", "on_failure")
+        if isinstance(meta.get(k), list)
+    }
     return {
         "meta": msgspec.json.encode(own).decode() if own else None,
         "timeout": _seconds(meta.get("timeout")),
@@ -140,9 +141,13 @@ def _split(meta: dict[str, Any]) -> dict[str, Any]:
 
 def _spec(old: dict[str, Any]) -> dict[str, Any]:
     """A schema-1 chained-job spec (limits and grandchildren inside its own meta) as a ChildSpec."""
-    inner = old.get("meta") if isinstance(old.get("meta"), dict) else {}
+    inner: dict[str, Any] = old["meta"] if isinstance(old.get("meta"), dict) else {}
     split = _split(inner)
-    spec = {k: v for k, v in old.items() if k in ("name", "args", "kwargs", "queue", "priority", "max_attempts", "key", "immutable") and v is not None}
+    spec = {
+        k: v
+        for k, v in old.items()
+        if k in ("name", "args", "kwargs", "queue", "priority", "max_attempts", "key", "immutable") and v is not None
+    }
     if split["meta"] is not None:
         spec["meta"] = msgspec.json.decode(split["meta"])
     for key in ("timeout", "hard_timeout"):

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..decide import Outcome
 from ..gc_pause import paused_gc
-from ..schema import Dialect, job_indexes, job_table, side_tables, workers_table
+from ..schema import Dialect, constraints, job_indexes, job_table, side_tables, workers_table
 from ..wire import MAX_DEPTH, MAX_HISTORY, PROTOCOL_VERSION, Attempt, BadRow, Envelope
 from .base import WorkerRow
 from .sql import COPY_FROM, INSERT_COLUMNS, JOB_COLUMNS, SQLDriver, claim_columns, outcome_params
@@ -138,7 +138,20 @@ _FINISH: Final = f"""
     WHERE j.id = v.id AND j.lease_token = v.token AND j.state = 'running'
     RETURNING j.id
 """
-_FINISH_FIELDS: Final = ("id", "token", "state", "result", "error", "run_at", "finished_at", "attempt", "lost", "args", "kwargs", "record")
+_FINISH_FIELDS: Final = (
+    "id",
+    "token",
+    "state",
+    "result",
+    "error",
+    "run_at",
+    "finished_at",
+    "attempt",
+    "lost",
+    "args",
+    "kwargs",
+    "record",
+)
 
 _INSERT_NAMES: Final = ", ".join(INSERT_COLUMNS)
 _INSERT_PLACES: Final = ", ".join(f"${i + 1}" for i in range(len(INSERT_COLUMNS)))
@@ -165,7 +178,9 @@ _COPY_COLUMNS: Final = ("id", *INSERT_COLUMNS)
 
 _REQUEST_CANCEL: Final = text("UPDATE runner_jobs SET cancel_requested = 1 WHERE id = :id AND state = 'running'")
 _CANCEL_REQUESTS: Final = "SELECT id FROM runner_jobs WHERE id = ANY($1::bigint[]) AND state = 'running' AND cancel_requested = 1"
-_PROGRESS: Final = text("UPDATE runner_jobs SET progress = :progress WHERE id = :id AND lease_token = :token AND state = 'running'")
+_PROGRESS: Final = text(
+    "UPDATE runner_jobs SET progress = :progress WHERE id = :id AND lease_token = :token AND state = 'running'"
+)
 
 _WORKER_UPSERT: Final = text(
     """
@@ -221,7 +236,7 @@ class PostgresDriver(SQLDriver):
         if before == 1:
             from .migrate_v1 import upgrade_postgres
 
-            await upgrade_postgres(conn)
+            await upgrade_postgres(conn, constraints(DIALECT))
         for statement in (job_table(DIALECT), *job_indexes(), *side_tables(DIALECT), workers_table(DIALECT), *_EXTRA_DDL):
             await conn.execute(text(statement))
 
@@ -235,8 +250,8 @@ class PostgresDriver(SQLDriver):
         if row["key"] is not None or row.get("key_since") is not None or conn.in_transaction():
             return await super()._insert_one(conn, row)
         # One prepared statement straight on the driver, in autocommit.
-        raw = await conn.get_raw_connection()
-        new_id = await raw.driver_connection.fetchval(_INSERT_ONE, *(row[c] for c in INSERT_COLUMNS))
+        raw: Any = (await conn.get_raw_connection()).driver_connection
+        new_id = await raw.fetchval(_INSERT_ONE, *(row[c] for c in INSERT_COLUMNS))
         return int(new_id)
 
     async def _allocate_ids(self, conn: AsyncConnection, n: int) -> list[int]:
@@ -258,8 +273,8 @@ class PostgresDriver(SQLDriver):
             records = _copy_records(envelopes, now, self.max_payload)
             if records is not None:
                 ids = await self._allocate_ids(conn, len(envelopes))
-                raw = await conn.get_raw_connection()
-                await raw.driver_connection.copy_records_to_table(
+                raw: Any = (await conn.get_raw_connection()).driver_connection
+                await raw.copy_records_to_table(
                     "runner_jobs", records=[(i, *r) for i, r in zip(ids, records)], columns=_COPY_COLUMNS
                 )
                 return ids
@@ -325,7 +340,7 @@ class PostgresDriver(SQLDriver):
             try:
                 conn = await asyncpg.connect(plain_dsn(self.url))
                 lost = anyio.Event()
-                conn.add_termination_listener(lambda _c: lost.set())
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, lambda *_args: on_change())
                 delay = 0.2
                 on_change()  # anything that arrived while we were not listening
@@ -335,8 +350,7 @@ class PostgresDriver(SQLDriver):
                 log.info("LISTEN connection failed (%s); polling meanwhile, retry in %.1fs", exc, delay)
             finally:
                 if conn is not None and not conn.is_closed():
-                    with anyio.CancelScope(shield=True):
-                        conn.terminate()
+                    conn.terminate()  # synchronous: no await a cancel could interrupt
             await anyio.sleep(delay)
             delay = min(delay * 2, 5.0)
 

@@ -82,8 +82,7 @@ _RETRY_SET = (
 )
 _RETRY_ONE = text(f"UPDATE runner_jobs SET {_RETRY_SET} WHERE id = :id AND state IN ('failed', 'cancelled', 'expired')")
 _RETRY_BATCH = text(
-    f"UPDATE runner_jobs SET {_RETRY_SET}"
-    " WHERE id IN (SELECT id FROM runner_jobs WHERE state = :state ORDER BY id LIMIT :n)"
+    f"UPDATE runner_jobs SET {_RETRY_SET} WHERE id IN (SELECT id FROM runner_jobs WHERE state = :state ORDER BY id LIMIT :n)"
 )
 _PURGE_BATCH = text(
     "DELETE FROM runner_jobs WHERE id IN (SELECT id FROM runner_jobs"
@@ -358,17 +357,18 @@ class SQLDriver(Driver):
         return rows[0] if rows else None
 
     async def list_jobs(self, where: JobFilter, limit: int) -> list[JobRow]:
-        clauses, params = ["1 = 1"], {"limit": int(limit)}
+        clauses: list[str] = ["1 = 1"]
+        params: dict[str, Any] = {"limit": int(limit)}
         for column in ("state", "queue", "key"):
             value = getattr(where, column)
             if value is not None:
                 clauses.append(f"{column} = :{column}")
                 params[column] = value
+        pattern = ""
         if where.name is not None:
             pattern = where.name if any(c in where.name for c in "*?[") else where.name + "*"
             clauses.append("name LIKE :name_like ESCAPE '\\'")
             params["name_like"] = _glob_to_like(pattern)
-            params["name_glob"] = pattern
         for column, op, value in (
             ("id", "<", where.before_id), ("created_at", ">=", where.created_after), ("created_at", "<", where.created_before),
         ):  # fmt: skip
@@ -378,7 +378,7 @@ class SQLDriver(Driver):
                 params[name] = value
         rows = await self._select(" AND ".join(clauses) + " ORDER BY id DESC LIMIT :limit", params)  # clauses: constants
         if where.name is not None and any(c in where.name for c in "?["):
-            rows = [r for r in rows if fnmatch.fnmatchcase(r.name, params["name_glob"])]  # LIKE is a superset
+            rows = [r for r in rows if fnmatch.fnmatchcase(r.name, pattern)]  # LIKE is a superset
         return rows
 
     async def stats(self) -> list[tuple[str, str, int]]:
@@ -447,7 +447,11 @@ def insert_row(env: Envelope, now: float, max_payload: int) -> dict[str, Any]:
             f"arguments of {env.name} are {size:,} bytes of JSON (args, kwargs, meta and chained jobs together); "
             f"the limit is {max_payload:,} (RUNNER_MAX_PAYLOAD / --max-payload); pass a reference (an id, a path) instead of the data"
         )
-    for value, blob, what in ((env.args, args, f"arguments of {env.name}"), (env.kwargs, kwargs, f"keyword arguments of {env.name}"), (env.meta, meta, "job meta")):
+    for value, blob, what in (
+        (env.args, args, f"arguments of {env.name}"),
+        (env.kwargs, kwargs, f"keyword arguments of {env.name}"),
+        (env.meta, meta, "job meta"),
+    ):
         if blob is not None and blob.count(b"[") + blob.count(b"{") > MAX_DEPTH:
             check_depth(value, what)
     return {

@@ -87,9 +87,9 @@ _RUNNING_PAST: Final = text(
     f"SELECT {_RETURNING} FROM runner_jobs WHERE state = 'running'"
     " AND (lease_expires_at < :now OR lease_expires_at IS NULL) ORDER BY lease_expires_at LIMIT :n"
 )
-_STILL_OURS: Final = text(
-    "SELECT id, lease_token FROM runner_jobs WHERE state = 'running' AND id IN :ids"
-).bindparams(bindparam("ids", expanding=True))
+_STILL_OURS: Final = text("SELECT id, lease_token FROM runner_jobs WHERE state = 'running' AND id IN :ids").bindparams(
+    bindparam("ids", expanding=True)
+)
 
 _APPEND: Final = f"""CASE
         WHEN json_valid(attempts) THEN (CASE
@@ -146,7 +146,9 @@ _PROGRESS_OF: Final = text("SELECT job_id, token, progress FROM runner_progress 
     bindparam("ids", expanding=True)
 )
 _REQUEST_CANCEL: Final = text("INSERT INTO runner_cancel (job_id, requested_at) VALUES (:id, :now) ON CONFLICT DO NOTHING")
-_CANCEL_REQUESTS: Final = text("SELECT job_id FROM runner_cancel WHERE job_id IN :ids").bindparams(bindparam("ids", expanding=True))
+_CANCEL_REQUESTS: Final = text("SELECT job_id FROM runner_cancel WHERE job_id IN :ids").bindparams(
+    bindparam("ids", expanding=True)
+)
 _CONTROL_CLEANUP: Final = (
     text("DELETE FROM runner_leases WHERE expires_at < :stale"),
     text("DELETE FROM runner_cancel WHERE requested_at < :stale"),
@@ -167,7 +169,23 @@ _WORKERS: Final = text(
     "SELECT owner, node, pid, pid_started, boot_id, queues, concurrency, started_at, seen_at, done, rss_kb, running"
     " FROM runner_workers WHERE seen_at >= :since ORDER BY owner"
 )
-_TEXT_JOB_COLUMNS: Final = frozenset({"name", "queue", "state", "args", "kwargs", "result", "error", "progress", "key", "meta", "lease_owner", "callbacks", "attempts"})
+_TEXT_JOB_COLUMNS: Final = frozenset(
+    {
+        "name",
+        "queue",
+        "state",
+        "args",
+        "kwargs",
+        "result",
+        "error",
+        "progress",
+        "key",
+        "meta",
+        "lease_owner",
+        "callbacks",
+        "attempts",
+    }
+)
 
 
 def control_path(path: str) -> str:

@@ -40,9 +40,9 @@ class Ran(Base):
 
 @app.on_startup
 async def create_tables(_info: object) -> None:
-    from runner import session_scope
-
     from sqlalchemy.exc import DBAPIError
+
+    from runner import session_scope
 
     try:
         async with session_scope() as session:
@@ -96,9 +96,7 @@ async def record(session: AsyncSession, tag: str, sleep: float = 0.0) -> int:
     await session.execute(text("INSERT INTO ran (tag, pid) VALUES (:tag, :pid)"), {"tag": tag, "pid": os.getpid()})
     if sleep:
         await anyio.sleep(sleep)
-    await session.execute(
-        text("UPDATE counters SET value = value + 1 WHERE name = :name"), {"name": "hits"}
-    )
+    await session.execute(text("UPDATE counters SET value = value + 1 WHERE name = :name"), {"name": "hits"})
     return os.getpid()
 
 
@@ -217,3 +215,47 @@ async def waits_then_writes(session: AsyncSession, tag: str, seconds: float) -> 
     lock, so a job that must stay cancellable waits first and writes after."""
     await anyio.sleep(seconds)
     await session.execute(text("INSERT INTO ran (tag, pid) VALUES (:tag, :pid)"), {"tag": tag, "pid": os.getpid()})
+
+
+@app.job
+async def progress_then_wait(ctx: Context, seconds: float) -> str:
+    """Reports progress, then idles: its progress must be readable while it runs."""
+    await ctx.progress({"step": 1})
+    await anyio.sleep(seconds)
+    await ctx.progress({"step": 2})
+    return "done"
+
+
+CALLS: dict[str, int] = {"runtime_error": 0}
+
+
+async def raises_runtime_error() -> None:
+    CALLS["runtime_error"] += 1
+    raise RuntimeError("the callee's own RuntimeError")
+
+
+@app.job
+def sync_calls_the_loop() -> str:
+    """A sync job using the sync API, whose callee raises RuntimeError: it must run once."""
+    try:
+        app.client.run_sync(raises_runtime_error)
+    except RuntimeError as exc:
+        return f"{exc} after {CALLS['runtime_error']} call(s)"
+    return "no error"
+
+
+@app.job(retries=1, retry_on=(TimeoutError,), backoff=0.01, timeout=0.2)
+async def times_out_once(ctx: Context) -> int:
+    if ctx.attempt == 1:
+        await anyio.sleep(5)
+    return ctx.attempt
+
+
+@app.job
+async def takes_kwargs(session: AsyncSession, **options: object) -> list[str]:
+    return sorted(options)
+
+
+@app.job
+async def identity_of_args(value: object) -> object:
+    return value

@@ -126,9 +126,16 @@ def tick(tag):  # type: ignore[no-untyped-def]
 def whoami(self):  # type: ignore[no-untyped-def]
     r = self.request
     return {
-        "id": r.id, "retries": r.retries, "is_eager": r.is_eager, "called_directly": r.called_directly,
-        "hostname": r.hostname, "headers": r.headers, "parent_id": r.parent_id, "root_id": r.root_id,
-        "routing_key": (r.delivery_info or {}).get("routing_key"), "args": list(r.args),
+        "id": r.id,
+        "retries": r.retries,
+        "is_eager": r.is_eager,
+        "called_directly": r.called_directly,
+        "hostname": r.hostname,
+        "headers": r.headers,
+        "parent_id": r.parent_id,
+        "root_id": r.root_id,
+        "routing_key": (r.delivery_info or {}).get("routing_key"),
+        "args": list(r.args),
     }
 
 
@@ -165,7 +172,14 @@ def retry_with_new_args(self, n):  # type: ignore[no-untyped-def]
     return {"n": n, "retries": self.request.retries}
 
 
-@app.task(bind=True, autoretry_for=(KeyError,), retry_kwargs={"max_retries": 4}, retry_backoff=True, retry_backoff_max=0.2, retry_jitter=False)
+@app.task(
+    bind=True,
+    autoretry_for=(KeyError,),
+    retry_kwargs={"max_retries": 4},
+    retry_backoff=True,
+    retry_backoff_max=0.2,
+    retry_jitter=False,
+)
 def autoretried(self, succeed_on_retry):  # type: ignore[no-untyped-def]
     if self.request.retries < succeed_on_retry:
         raise KeyError("missing")
@@ -176,7 +190,9 @@ class PermanentError(KeyError):
     pass
 
 
-@app.task(bind=True, autoretry_for=(KeyError,), dont_autoretry_for=(PermanentError,), retry_kwargs={"max_retries": 4, "countdown": 0.01})
+@app.task(
+    bind=True, autoretry_for=(KeyError,), dont_autoretry_for=(PermanentError,), retry_kwargs={"max_retries": 4, "countdown": 0.01}
+)
 def permanent(self):  # type: ignore[no-untyped-def]
     raise PermanentError("do not retry me")
 

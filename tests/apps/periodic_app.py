@@ -18,7 +18,7 @@ async def beat(session: AsyncSession, ctx: Context) -> int:
     """Records which fire time it ran for; a doubled fire would show as two rows for one time."""
     await session.execute(
         text("INSERT INTO beats (fire_at, pid) VALUES (:fire_at, :pid)"),
-        {"fire_at": ctx.meta["fire_at"], "pid": os.getpid()},
+        {"fire_at": ctx.run_at, "pid": os.getpid()},
     )
     return os.getpid()
 

@@ -37,7 +37,18 @@ def test_asyncio_run_bridge_keeps_one_loop_and_the_pool(pg_url: str, serve: Any,
         watcher = threading.Thread(target=watch)
         watcher.start()
         bridge_url = pg_url.replace("postgresql://", "postgresql+asyncpg://")
-        proc = serve("-A", "tests.apps.celery_bridge_proj", "--broker", pg_url, "-w", str(WORKERS), "-c", "8", "--burst", env={"BRIDGE_DB_URL": bridge_url})
+        proc = serve(
+            "-A",
+            "tests.apps.celery_bridge_proj",
+            "--broker",
+            pg_url,
+            "-w",
+            str(WORKERS),
+            "-c",
+            "8",
+            "--burst",
+            env={"BRIDGE_DB_URL": bridge_url},
+        )
         try:
             assert proc.wait(120) == 0, proc.output[-4000:]
         finally:
@@ -60,7 +71,9 @@ def test_asyncio_run_bridge_keeps_one_loop_and_the_pool(pg_url: str, serve: Any,
 
         # the idiomatic async form, on the worker's own engine
         counted = proj.native_count.delay(100)
-        again = serve("-A", "tests.apps.celery_bridge_proj", "--broker", pg_url, "-w", "1", "--burst", env={"BRIDGE_DB_URL": bridge_url})
+        again = serve(
+            "-A", "tests.apps.celery_bridge_proj", "--broker", pg_url, "-w", "1", "--burst", env={"BRIDGE_DB_URL": bridge_url}
+        )
         assert again.wait(60) == 0, again.output[-3000:]
         assert counted.get(timeout=10) == TASKS - 100
     finally:
@@ -76,7 +89,18 @@ def test_without_the_bridge_the_pooled_engine_breaks(pg_url: str, serve: Any) ->
     try:
         results = [proj.legacy_visit.delay(i) for i in range(4)]
         bridge_url = pg_url.replace("postgresql://", "postgresql+asyncpg://")
-        proc = serve("-A", "tests.apps.celery_bridge_proj", "--broker", pg_url, "-w", "1", "-c", "1", "--burst", env={"BRIDGE_DB_URL": bridge_url, "BRIDGE_OFF": "1"})
+        proc = serve(
+            "-A",
+            "tests.apps.celery_bridge_proj",
+            "--broker",
+            pg_url,
+            "-w",
+            "1",
+            "-c",
+            "1",
+            "--burst",
+            env={"BRIDGE_DB_URL": bridge_url, "BRIDGE_OFF": "1"},
+        )
         assert proc.wait(60) == 0, proc.output[-3000:]
         outcomes = []
         for r in results:

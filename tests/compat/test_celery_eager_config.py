@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -180,7 +179,11 @@ def test_beat_schedule_becomes_runner_periodic_entries(tmp_path: Any) -> None:
     app = Celery("beat", broker=f"sqlite:///{tmp_path / 'q.db'}", set_as_current=False)
     app.conf.timezone = "Europe/Paris"
     app.conf.beat_schedule = {
-        "cleanup": {"task": "beat.cleanup", "schedule": crontab(minute=0, hour="*/3", day_of_week="mon-fri"), "kwargs": {"days": 7}},
+        "cleanup": {
+            "task": "beat.cleanup",
+            "schedule": crontab(minute=0, hour="*/3", day_of_week="mon-fri"),
+            "kwargs": {"days": 7},
+        },
         "poll": {"task": "beat.cleanup", "schedule": 30.0, "options": {"queue": "poll"}},
     }
 

@@ -156,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
                 soak.inject("worker kill -9", done)
             if now - last_report > 10:
                 last_report = now
-                print(f"soak: {done:,}/{ns.jobs:,} succeeded after {now - began:.0f}s, faults {sum(soak.faults.values())}", file=sys.stderr)
+                print(
+                    f"soak: {done:,}/{ns.jobs:,} succeeded after {now - began:.0f}s, faults {sum(soak.faults.values())}",
+                    file=sys.stderr,
+                )
     finally:
         soak.stop()
     elapsed = time.monotonic() - began

@@ -88,7 +88,7 @@ async def test_names_and_queues_with_quotes_and_semicolons_are_data(configured: 
     await run_burst(app, configured, queues=(hostile, "default"))
     assert await handle.wait_async(5) == 3
     ((state, error),) = sql(configured, "SELECT state, error FROM runner_jobs WHERE name LIKE 'a''%'")
-    assert state == "failed" and "unknown job \"a'; DELETE FROM runner_jobs; --\"" in json.loads(error)["message"]
+    assert state == "failed" and 'unknown job "a\'; DELETE FROM runner_jobs; --"' in json.loads(error)["message"]
     assert sql(configured, "SELECT count(*) FROM runner_jobs")[0][0] == 2
 
 
@@ -135,8 +135,14 @@ def test_every_sql_statement_binds_its_values() -> None:
                             while isinstance(root, (ast.Call, ast.Attribute)):
                                 root = root.func if isinstance(root, ast.Call) else root.value
                             node_value = value.value
-                            if isinstance(node_value, ast.Attribute) and isinstance(node_value.value, ast.Name) and node_value.value.id == "self":
-                                assert node_value.attr.lstrip("_").isupper(), f"{path.relative_to(RUNNER)} line {node.lineno}: splices self.{node_value.attr}"
+                            if (
+                                isinstance(node_value, ast.Attribute)
+                                and isinstance(node_value.value, ast.Name)
+                                and node_value.value.id == "self"
+                            ):
+                                assert node_value.attr.lstrip("_").isupper(), (
+                                    f"{path.relative_to(RUNNER)} line {node.lineno}: splices self.{node_value.attr}"
+                                )
                                 continue
                             assert isinstance(root, ast.Name) and root.id.lstrip("_").isupper(), (
                                 f"{path.relative_to(RUNNER)} line {node.lineno}: SQL f-string splices {ast.unparse(value.value)}"
@@ -192,12 +198,20 @@ async def test_malformed_chained_jobs_fail_their_row_and_the_worker_goes_on(conf
     ids = []
     for callbacks, _ in hostile:
         text = json.dumps(callbacks).replace("'", "''")
-        ids.append(sql(configured, f"INSERT INTO runner_jobs (name, args, callbacks) VALUES ('tests.apps.basic.add', '[1, 2]', '{text}') RETURNING id")[0][0])
+        ids.append(
+            sql(
+                configured,
+                f"INSERT INTO runner_jobs (name, args, callbacks) VALUES ('tests.apps.basic.add', '[1, 2]', '{text}') RETURNING id",
+            )[0][0]
+        )
     good = await basic.add.defer_async(3, 4)
     worker = await drain(configured)
     assert await good.wait_async(5) == 7
     assert worker.completer.pending == 0
-    errors = [json.loads(e) for (e,) in sql(configured, f"SELECT error FROM runner_jobs WHERE id IN ({','.join(map(str, ids))}) ORDER BY id")]
+    errors = [
+        json.loads(e)
+        for (e,) in sql(configured, f"SELECT error FROM runner_jobs WHERE id IN ({','.join(map(str, ids))}) ORDER BY id")
+    ]
     assert len(errors) == len(hostile)
     for (callbacks, where), error in zip(hostile, errors):
         assert error["type"] == "SerializationError", (callbacks, error)
@@ -213,7 +227,7 @@ async def test_a_malformed_chained_job_is_refused_at_enqueue(configured: str) ->
 
     with pytest.raises(ArgumentsError, match=r"option on_failure=.*Expected `array`, got `str` - at `\$\[0\]\.args`"):
         await basic.boom.options(on_failure=ChildSpec(name="tests.apps.basic.noop", args="oops")).defer_async("kaput")  # type: ignore[arg-type]
-    with pytest.raises(ArgumentsError, match="accepted: a job.call"):
+    with pytest.raises(ArgumentsError, match=r"accepted: a job\.call"):
         await basic.boom.options(on_failure="tests.apps.basic.noop").defer_async("kaput")
     good = await basic.add.defer_async(1, 2)
     assert sql(configured, "SELECT id FROM runner_jobs") == [(good.id,)], "nothing of the refused calls was written"
@@ -251,5 +265,8 @@ async def test_an_outcome_whose_children_cannot_be_inserted_is_failed_not_retrie
         tg.cancel_scope.cancel()
     a, b = await driver.get(first.id), await driver.get(second.id)
     assert (a.state, b.state, b.result) == ("failed", "succeeded", "2")
-    assert json.loads(a.error)["type"] == "ChainError" and "could not be written with its chained jobs" in json.loads(a.error)["message"]
+    assert (
+        json.loads(a.error)["type"] == "ChainError"
+        and "could not be written with its chained jobs" in json.loads(a.error)["message"]
+    )
     assert (await driver.get(first.id + 2)) is None  # no child row

@@ -20,10 +20,9 @@ from runner import App
 from runner.testing import run_burst
 from tests.apps import basic
 
-from . import scaled
-
 from ..conftest import sql, wait_until
 from ..serving import enqueue, prepare, serve_args, states
+from . import scaled
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

@@ -61,7 +61,9 @@ def test_binding_any_json_gives_arguments_or_arguments_error(args: list[object],
             assert str(exc).startswith(f"arguments do not match {job.name}(")
 
 
-def _row(name: object, args: object, kwargs: object, meta: object, callbacks: object = None, **columns: object) -> tuple[object, ...]:
+def _row(
+    name: object, args: object, kwargs: object, meta: object, callbacks: object = None, **columns: object
+) -> tuple[object, ...]:
     """A claimed row in CLAIM_COLUMNS order, with any values in its columns."""
     values = {
         "id": 1, "lease_token": 1, "lease_owner": "fuzz:1:0", "v": 1, "name": name, "args": args, "kwargs": kwargs,
@@ -107,12 +109,16 @@ def test_any_value_in_any_column_decodes_to_a_value_never_an_exception(columns: 
 CHAIN_VALUE = st.one_of(JSON, st.integers(min_value=-(2**40), max_value=2**40))
 CHAIN_SPEC = st.fixed_dictionaries(
     {"name": st.one_of(st.just("tests.apps.basic.noop"), JSON)},
-    optional={f: CHAIN_VALUE for f in ("args", "kwargs", "queue", "priority", "max_attempts", "key", "meta", "immutable", "timeout")},
+    optional=dict.fromkeys(
+        ("args", "kwargs", "queue", "priority", "max_attempts", "key", "meta", "immutable", "timeout"), CHAIN_VALUE
+    ),
 )
 CHAINS = st.one_of(JSON, st.lists(st.one_of(CHAIN_SPEC, CHAIN_SPEC, JSON), max_size=3))
 CALLBACKS = st.fixed_dictionaries({}, optional={"on_success": CHAINS, "on_failure": CHAINS})
-ROW_TEXT = st.one_of(st.binary(max_size=30).map(lambda b: b.decode("latin-1")), JSON.map(lambda v: msgspec.json.encode(v).decode()))
-_encode = lambda v: msgspec.json.encode(v).decode()  # noqa: E731
+ROW_TEXT = st.one_of(
+    st.binary(max_size=30).map(lambda b: b.decode("latin-1")), JSON.map(lambda v: msgspec.json.encode(v).decode())
+)
+_encode = lambda v: msgspec.json.encode(v).decode()
 # Weighted towards rows that bind and run, so that the outcome paths (results, chains) get fuzzed
 # as much as the decoding ones.
 NAMES = st.sampled_from(
@@ -178,7 +184,9 @@ def _attempt(name: str, args: str, kwargs: str, meta: str | None, callbacks: str
 
 @given(NAMES, ARGS, KWARGS, META_TEXT, CALLBACKS_TEXT)
 @settings(max_examples=300, deadline=None)
-def test_running_any_row_ends_in_an_outcome_with_a_documented_error(name: str, args: str, kwargs: str, meta: str | None, callbacks: str | None) -> None:
+def test_running_any_row_ends_in_an_outcome_with_a_documented_error(
+    name: str, args: str, kwargs: str, meta: str | None, callbacks: str | None
+) -> None:
     """Rows no producer API would write: any name, any text in the columns."""
     _attempt(name, args, kwargs, meta, callbacks)
 

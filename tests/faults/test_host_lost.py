@@ -13,9 +13,9 @@ import pytest
 
 from tests.apps import basic
 
-from . import scaled
 from ..conftest import sql, wait_until
 from ..serving import enqueue, prepare, serve_args, states
+from . import scaled
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -54,4 +54,6 @@ def test_whole_host_lost_mid_run_the_survivor_finishes_everything(pg_url: str, s
     assert set(rerun) == {("succeeded", True, True)}, rerun
     # The lease (3 s) plus the survivor's sweep (every TTL/2) plus slack for a loaded machine.
     assert recovered < LEASE_TTL * 1.5 + 6, f"took {recovered:.1f}s to re-queue the dead host's jobs"
-    print(f"\nwhole host lost: {len(orphans)} jobs held by the dead host re-queued {recovered:.1f}s after the kill (lease TTL {LEASE_TTL:g}s); {jobs} jobs, all once")
+    print(
+        f"\nwhole host lost: {len(orphans)} jobs held by the dead host re-queued {recovered:.1f}s after the kill (lease TTL {LEASE_TTL:g}s); {jobs} jobs, all once"
+    )

@@ -18,10 +18,9 @@ import pytest
 
 from tests.apps import basic
 
-from . import scaled
-
 from ..conftest import sql
 from ..serving import enqueue, prepare, serve_args, states
+from . import scaled
 
 pytestmark = pytest.mark.slow
 

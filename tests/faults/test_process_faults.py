@@ -14,9 +14,9 @@ import pytest
 
 from tests.apps import basic
 
-from . import scaled
 from ..conftest import sql, wait_until
 from ..serving import enqueue, prepare, serve_args, states
+from . import scaled
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +33,10 @@ def test_sigterm_under_load_exits_0_within_grace_and_a_restart_finishes(broker_u
     proc = serve(*serve_args(broker_url, "-w", "2", "-c", "4", "--grace", str(grace)))
     long_list = ",".join(map(str, long_ids))
     wait_until(
-        lambda: states(broker_url).get("succeeded", 0) >= 20
-        and sql(broker_url, f"SELECT count(*) FROM runner_jobs WHERE id IN ({long_list}) AND state = 'running'") == [(3,)],
+        lambda: (
+            states(broker_url).get("succeeded", 0) >= 20
+            and sql(broker_url, f"SELECT count(*) FROM runner_jobs WHERE id IN ({long_list}) AND state = 'running'") == [(3,)]
+        ),
         60,
         "a busy run: short jobs finishing, the long ones running",
     )
@@ -82,8 +84,12 @@ def test_kill_9_of_a_worker_mid_job_requeues_at_once(broker_url: str, serve: Any
 
 
 def test_a_per_call_hard_limit_kills_a_job_that_has_none_of_its_own(broker_url: str, serve: Any) -> None:
+    """...and the killed job's on_failure callback runs, as for any other failure."""
     prepare(broker_url)
-    (stuck,) = enqueue(broker_url, [basic.sleeps_in_thread.options(hard_timeout=1.0, max_attempts=1).call(120)])
+    errback = basic.record.options(immutable=True).call("errback ran")
+    (stuck,) = enqueue(
+        broker_url, [basic.sleeps_in_thread.options(hard_timeout=1.0, max_attempts=1, on_failure=errback).call(120)]
+    )
     others = enqueue(broker_url, [basic.add.call(i, i) for i in range(10)])
     proc = serve(*serve_args(broker_url, "-w", "1", "-c", "4", "--burst"))
     assert proc.wait(90) == 0, proc.output[-3000:]
@@ -92,7 +98,9 @@ def test_a_per_call_hard_limit_kills_a_job_that_has_none_of_its_own(broker_url: 
     assert (state, attempt) == ("failed", 1), error
     info = json.loads(error)
     assert info["type"] == "TimeLimitExceeded" and "hard time limit of 1s exceeded" in info["message"], info
-    assert states(broker_url) == {"succeeded": len(others), "failed": 1}
+    assert states(broker_url) == {"succeeded": len(others) + 1, "failed": 1}
+    assert sql(broker_url, "SELECT tag FROM ran") == [("errback ran",)]
+    assert sql(broker_url, f"SELECT count(*) FROM runner_jobs WHERE parent_id = {stuck}") == [(1,)]
 
 
 def test_hard_time_limit_kills_and_replaces_the_worker(broker_url: str, serve: Any) -> None:
@@ -109,7 +117,9 @@ def test_hard_time_limit_kills_and_replaces_the_worker(broker_url: str, serve: A
     info = json.loads(error)
     assert info["type"] == "TimeLimitExceeded" and "hard time limit of 1s exceeded" in info["message"]
     assert states(broker_url) == {"succeeded": len(others), "failed": 1}
-    assert sql(broker_url, "SELECT sum(CAST(result AS INTEGER)) FROM runner_jobs WHERE state = 'succeeded'") == [(sum(2 * i for i in range(20)),)]
+    assert sql(broker_url, "SELECT sum(CAST(result AS INTEGER)) FROM runner_jobs WHERE state = 'succeeded'") == [
+        (sum(2 * i for i in range(20)),)
+    ]
 
 
 def test_a_job_blocking_the_event_loop_is_killed_and_failed_by_the_lost_job_policy(broker_url: str, serve: Any) -> None:

@@ -15,10 +15,9 @@ import pytest
 from runner.worker import POOL_OVERFLOW
 from tests.apps import basic
 
-from . import scaled
-
 from ..conftest import sql
 from ..serving import enqueue, prepare, serve_args, states
+from . import scaled
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -55,10 +54,12 @@ def test_rss_and_connections_stay_bounded(pg_url: str, serve: Any) -> None:
     limit = WORKERS * (CONCURRENCY + 1 + POOL_OVERFLOW) + WORKERS + 2
     assert peak_connections <= limit, f"{peak_connections} connections; the bound is {limit}"
     growths = []
-    for pid, points in samples.items():
+    for points in samples.values():
         warm = [mb for done, mb in points if done >= JOBS // 5]
         if len(warm) >= 3:
             growths.append(max(warm) - warm[0])
     assert growths, "no worker lived long enough to be sampled"
     assert max(growths) <= RSS_GROWTH_MB, f"worker RSS grew by {max(growths):.1f} MB after warm-up"
-    print(f"\nresource bounds: peak {peak_connections} connections (bound {limit}), RSS growth after warm-up {max(growths):.1f} MB")
+    print(
+        f"\nresource bounds: peak {peak_connections} connections (bound {limit}), RSS growth after warm-up {max(growths):.1f} MB"
+    )

@@ -216,5 +216,5 @@ def bridged_run(main: Coroutine[Any, Any, Any], *, debug: bool | None = None, **
 def install() -> None:
     """Replace ``asyncio.run`` process-wide with the bridging version (idempotent)."""
     if asyncio.run is not bridged_run:
-        asyncio.run = bridged_run  # type: ignore[assignment]
-        asyncio.runners.run = bridged_run  # type: ignore[assignment]
+        asyncio.run = bridged_run
+        asyncio.runners.run = bridged_run

@@ -29,7 +29,7 @@ __all__ = ["Signature", "callback_specs", "chain", "child_specs", "chord", "grou
 CHORD_UNLOCK = "celery.chord_unlock"
 
 
-class _Spec(dict):  # type: ignore[type-arg]
+class _Spec(dict):
     """A child-job spec (not a Signature): name, args, kwargs, queue, priority, immutable, and a
     meta whose ``on_success``/``on_failure`` hold its own children; ``child_specs`` turns it into
     runner's typed ``ChildSpec``."""
@@ -43,9 +43,15 @@ def child_specs(specs: list[Any]) -> tuple[ChildSpec, ...]:
         on_success, on_failure = meta.pop("on_success", None) or [], meta.pop("on_failure", None) or []
         out.append(
             ChildSpec(
-                name=spec["name"], args=list(spec.get("args") or []), kwargs=dict(spec.get("kwargs") or {}),
-                queue=spec.get("queue"), priority=int(spec.get("priority") or 0), immutable=bool(spec.get("immutable")),
-                meta=meta or None, on_success=child_specs(on_success), on_failure=child_specs(on_failure),
+                name=spec["name"],
+                args=list(spec.get("args") or []),
+                kwargs=dict(spec.get("kwargs") or {}),
+                queue=spec.get("queue"),
+                priority=int(spec.get("priority") or 0),
+                immutable=bool(spec.get("immutable")),
+                meta=meta or None,
+                on_success=child_specs(on_success),
+                on_failure=child_specs(on_failure),
             )  # fmt: skip
         )
     return tuple(out)
@@ -57,34 +63,52 @@ def _current_app() -> Any:
     return get_current_app()
 
 
-class Signature(dict):  # type: ignore[type-arg]
+class Signature(dict):
     """A task with (partial) arguments and options: ``add.s(2)``, ``signature("proj.add", (2,))``."""
 
-    def __init__(self, task: Any = None, args: Any = None, kwargs: Any = None, options: Any = None, type: Any = None, subtask_type: str | None = None, immutable: bool = False, app: Any = None, **ex: Any) -> None:
+    def __init__(
+        self,
+        task: Any = None,
+        args: Any = None,
+        kwargs: Any = None,
+        options: Any = None,
+        type: Any = None,
+        subtask_type: str | None = None,
+        immutable: bool = False,
+        app: Any = None,
+        **ex: Any,
+    ) -> None:
         if isinstance(task, dict) and not isinstance(task, Signature):  # from a dict, as Celery's
             ex = {**task.get("options", {}), **ex}
             args, kwargs, immutable = task.get("args"), task.get("kwargs"), task.get("immutable", False)
             task = task["task"]
         name = task if isinstance(task, str) or task is None else task.name
-        super().__init__(task=name, args=tuple(args or ()), kwargs=dict(kwargs or {}), options={**(options or {}), **ex}, subtask_type=subtask_type, immutable=immutable)
+        super().__init__(
+            task=name,
+            args=tuple(args or ()),
+            kwargs=dict(kwargs or {}),
+            options={**(options or {}), **ex},
+            subtask_type=subtask_type,
+            immutable=immutable,
+        )
         self._type = None if isinstance(task, str) or task is None else task
         self._app = app or getattr(task, "app", None)
 
     @property
     def task(self) -> str:
-        return self["task"]  # type: ignore[no-any-return]
+        return self["task"]
 
     @property
     def args(self) -> tuple[Any, ...]:
-        return self["args"]  # type: ignore[no-any-return]
+        return self["args"]
 
     @property
     def kwargs(self) -> dict[str, Any]:
-        return self["kwargs"]  # type: ignore[no-any-return]
+        return self["kwargs"]
 
     @property
     def options(self) -> dict[str, Any]:
-        return self["options"]  # type: ignore[no-any-return]
+        return self["options"]
 
     @property
     def immutable(self) -> bool:
@@ -92,7 +116,7 @@ class Signature(dict):  # type: ignore[type-arg]
 
     @property
     def subtask_type(self) -> str | None:
-        return self["subtask_type"]  # type: ignore[no-any-return]
+        return self["subtask_type"]
 
     @property
     def app(self) -> Any:
@@ -113,7 +137,9 @@ class Signature(dict):  # type: ignore[type-arg]
             self._type = task
         return self._type
 
-    def _merge(self, args: Any = None, kwargs: Any = None, options: Any = None) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]:
+    def _merge(
+        self, args: Any = None, kwargs: Any = None, options: Any = None
+    ) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]:
         options = {**self.options, **(options or {})}
         if self.immutable:
             return self.args, dict(self.kwargs), options
@@ -121,7 +147,15 @@ class Signature(dict):  # type: ignore[type-arg]
 
     def clone(self, args: Any = None, kwargs: Any = None, **opts: Any) -> Signature:
         args, kwargs, options = self._merge(args, kwargs, opts)
-        return Signature(self._type or self.task, args, kwargs, options, subtask_type=self.subtask_type, immutable=self.immutable, app=self._app)
+        return Signature(
+            self._type or self.task,
+            args,
+            kwargs,
+            options,
+            subtask_type=self.subtask_type,
+            immutable=self.immutable,
+            app=self._app,
+        )
 
     partial = clone
 
@@ -203,7 +237,7 @@ class chain(Signature):
         for task in _tasks(tasks):
             flat.extend(task.tasks if isinstance(task, chain) else [task])
         super().__init__("celery.chain", (), {}, options, subtask_type="chain", app=app)
-        self.tasks = flat
+        self.tasks: list[Any] = flat
 
     def __or__(self, other: Any) -> Any:
         if isinstance(other, chain):
@@ -222,7 +256,7 @@ class chain(Signature):
             tasks[0] = tasks[0].clone(args, kwargs)
         return chain(*tasks, app=self._app, **{**self.options, **opts})
 
-    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+    def apply_async(self, args: Any = None, kwargs: Any = None, route_name: Any = None, **options: Any) -> Any:
         app = self.app
         if app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
@@ -232,7 +266,7 @@ class chain(Signature):
         return self.apply_async(args, kwargs)
 
     def apply(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
-        result = None
+        result: Any = None
         for index, step in enumerate(_normalize([self])):
             if index == 0:
                 result = step.apply(args, kwargs, **options)
@@ -263,7 +297,7 @@ class group(Signature):
     def clone(self, args: Any = None, kwargs: Any = None, **opts: Any) -> group:
         return group(*[t.clone(args, kwargs) for t in self.tasks], app=self._app, **{**self.options, **opts})
 
-    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+    def apply_async(self, args: Any = None, kwargs: Any = None, route_name: Any = None, **options: Any) -> Any:
         app = self.app
         if app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
@@ -290,9 +324,15 @@ class group(Signature):
 class chord(Signature):
     """``chord(header, body)`` / ``chord(header)(body)``: ``body(list of header results)``."""
 
-    def __init__(self, header: Any, body: Any = None, args: Any = None, kwargs: Any = None, app: Any = None, **options: Any) -> None:
+    def __init__(
+        self, header: Any, body: Any = None, args: Any = None, kwargs: Any = None, app: Any = None, **options: Any
+    ) -> None:
         super().__init__("celery.chord", args, kwargs, options, subtask_type="chord", app=app)
-        self.header = header if isinstance(header, group) else group(*_tasks((header,)) if not isinstance(header, Signature) else [header], app=app)
+        self.header = (
+            header
+            if isinstance(header, group)
+            else group(*_tasks((header,)) if not isinstance(header, Signature) else [header], app=app)
+        )
         self.body = body
 
     @property
@@ -314,7 +354,7 @@ class chord(Signature):
             self.body = body
         return self.apply_async(**options)
 
-    def apply_async(self, args: Any = None, kwargs: Any = None, body: Any = None, **options: Any) -> Any:
+    def apply_async(self, args: Any = None, kwargs: Any = None, route_name: Any = None, body: Any = None, **options: Any) -> Any:
         if body is not None:
             self.body = body
         if self.body is None:
@@ -413,7 +453,9 @@ def _specs(app: Any, steps: list[Any], errbacks: list[Any]) -> tuple[list[Any], 
             refs.append(template[1])
         body_specs, body_template = _specs(app, _normalize([first.body, *rest]), errbacks)
         unlock_uid = str(uuid.uuid4())
-        return [*header_specs, _unlock_spec(app, refs, body_specs, unlock_uid, immutable=True)], _prefix(unlock_uid, body_template)
+        return [*header_specs, _unlock_spec(app, refs, body_specs, unlock_uid, immutable=True)], _prefix(
+            unlock_uid, body_template
+        )
     uid = str(uuid.uuid4())
     rest_specs, rest_template = _specs(app, rest, errbacks) if rest else ([], None)
     spec = _task_spec(app, first, uid, rest_specs, errbacks)
@@ -521,7 +563,7 @@ def register_internal_jobs(app: Any) -> None:
                 raise RunnerRetry(delay=interval, reason="chord header not enqueued yet")
             ids.append(job_id)
         rows = {row.id: row for row in await store.get_many(ids)}
-        for ref, job_id in zip(header, ids):
+        for job_id in ids:
             row = rows.get(job_id)
             if row is not None and row.state in ("failed", "cancelled", "expired"):
                 error = decode_json(row.error) if row.error else {}

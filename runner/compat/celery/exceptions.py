@@ -57,7 +57,15 @@ class MaxRetriesExceededError(TaskError):
 class Retry(TaskError):
     """Raised by ``task.retry()``: the same task runs again after ``when`` (seconds or datetime)."""
 
-    def __init__(self, message: str | None = None, exc: BaseException | None = None, when: float | datetime | None = None, is_eager: bool = False, sig: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        exc: BaseException | None = None,
+        when: float | datetime | None = None,
+        is_eager: bool = False,
+        sig: Any = None,
+        **kwargs: Any,
+    ) -> None:
         self.message = message
         self.exc = exc
         self.when = when

@@ -125,7 +125,7 @@ def _trace(task: Task, request: Context, args: tuple[Any, ...], kwargs: dict[str
         yield from _signal(signals.task_prerun, sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
         try:
             try:
-                before = task.before_start(task_id, args, kwargs)
+                before: Any = task.before_start(str(task_id), args, kwargs)
                 if inspect.isawaitable(before):
                     yield before
                 if type(task).__call__ is not Task.__call__:
@@ -170,11 +170,15 @@ def _trace(task: Task, request: Context, args: tuple[Any, ...], kwargs: dict[str
                 signals.task_failure, sender=task, task_id=task_id, exception=exc, args=args, kwargs=kwargs,
                 traceback=exc.__traceback__, einfo=einfo,
             )  # fmt: skip
-            yield from _call(task.after_return, states.FAILURE, exc, task_id, args, kwargs, einfo, what=f"{task.name}.after_return")
+            yield from _call(
+                task.after_return, states.FAILURE, exc, task_id, args, kwargs, einfo, what=f"{task.name}.after_return"
+            )
         else:
             yield from _call(task.on_success, outcome.retval, task_id, args, kwargs, what=f"{task.name}.on_success")
             yield from _signal(signals.task_success, sender=task, result=outcome.retval)
-            yield from _call(task.after_return, states.SUCCESS, outcome.retval, task_id, args, kwargs, None, what=f"{task.name}.after_return")
+            yield from _call(
+                task.after_return, states.SUCCESS, outcome.retval, task_id, args, kwargs, None, what=f"{task.name}.after_return"
+            )
         yield from _signal(
             signals.task_postrun, sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs,
             retval=outcome.retval, state=outcome.state,
@@ -192,7 +196,7 @@ async def _drive_async(gen: Generator[Any, Any, Outcome], state: AttemptState) -
         try:
             item = gen.throw(error) if error is not None else gen.send(value)
         except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+            return stop.value
         try:
             if isinstance(item, _Body):
                 value = await soft_limited(item.awaitable, state, arm=True)  # type: ignore[arg-type]
@@ -210,7 +214,7 @@ def _drive_sync(gen: Generator[Any, Any, Outcome], resolve: Callable[[Awaitable[
         try:
             item = gen.throw(error) if error is not None else gen.send(value)
         except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+            return stop.value
         try:
             value = resolve(item.awaitable if isinstance(item, _Body) else item)
             error = None
@@ -292,7 +296,7 @@ def _limiter(task: Task) -> _RateLimiter | None:
     limiter = limiters.get(task.name)
     if limiter is None:
         limiter = limiters[task.name] = _RateLimiter(spec)
-    return limiter  # type: ignore[no-any-return]
+    return limiter
 
 
 async def _row(task: Task, job_id: int) -> Any:
@@ -351,7 +355,9 @@ async def execute(task: Task, ctx: RunnerContext, args: list[Any], kwargs: dict[
         row = await _row(task, ctx.parent_id) if ctx.parent_id else None
         error = decode_json(row.error) if row is not None and row.error else {}
         raise ChordError(str(error.get("message") or "a task in the chord's header failed"))
-    soft = meta.get("soft_time_limit", task.soft_time_limit if task.soft_time_limit is not None else conf.get("task_soft_time_limit"))
+    soft = meta.get(
+        "soft_time_limit", task.soft_time_limit if task.soft_time_limit is not None else conf.get("task_soft_time_limit")
+    )
     state = AttemptState(soft_limit=float(soft) if soft else None, bridge=bool(conf.get("runner_bridge_asyncio_run", True)))
     task_id = str(meta.get("id") or ctx.job_id)
     info = app.worker_info
@@ -433,7 +439,18 @@ async def send_async(signal_: signals.Signal, /, **named: Any) -> None:
 # -- eager ------------------------------------------------------------------------------------------
 
 
-def apply_eager(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], *, task_id: str | None, retries: int, throw: bool | None, link: Any, link_error: Any, options: dict[str, Any]) -> Any:
+def apply_eager(
+    task: Task,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    task_id: str | None,
+    retries: int,
+    throw: bool | None,
+    link: Any,
+    link_error: Any,
+    options: dict[str, Any],
+) -> Any:
     """``task.apply()`` and ``task_always_eager``: run in this thread now; ``retry()`` runs the
     next attempt at once (countdowns are not waited for)."""
     from .result import EagerResult
@@ -457,7 +474,9 @@ def apply_eager(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], *, ta
         if getattr(retry, "new_kwargs", None) is not None:
             kwargs = dict(retry.new_kwargs)  # type: ignore[union-attr]
     state = states.SUCCESS if outcome.state in (states.SUCCESS, states.IGNORED) else states.FAILURE
-    result = EagerResult(task_id, outcome.retval if state == states.SUCCESS else outcome.exc, state, app=task.app, task_name=task.name)
+    result = EagerResult(
+        task_id, outcome.retval if state == states.SUCCESS else outcome.exc, state, app=task.app, task_name=task.name
+    )
     from .canvas import as_signatures
 
     if state == states.SUCCESS:

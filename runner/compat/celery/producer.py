@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ...app import App
@@ -56,7 +56,7 @@ async def store_for(app: App) -> Driver:
     return await app.client.driver()
 
 
-def call_sync(app: App, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+def call_sync(app: App, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Any:
     """Run ``await fn(*args)`` from sync code, wherever that sync code runs."""
     if not in_running_loop():
         return app.client.run_sync(fn, *args)

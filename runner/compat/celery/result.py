@@ -58,7 +58,15 @@ def _progress(row: Any) -> dict[str, Any]:
 class AsyncResult:
     """A task's result by task id (see the module docstring for the id forms)."""
 
-    def __init__(self, id: str, backend: Any = None, task_name: str | None = None, app: Any = None, parent: Any = None, job_id: int | None = None) -> None:
+    def __init__(
+        self,
+        id: str,
+        backend: Any = None,
+        task_name: str | None = None,
+        app: Any = None,
+        parent: Any = None,
+        job_id: int | None = None,
+    ) -> None:
         self.id = str(id)
         self.app = _app(app)
         self.task_name = task_name
@@ -218,7 +226,19 @@ class AsyncResult:
             raise value
         return value
 
-    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5, no_ack: bool = True, follow_parents: bool = True, callback: Any = None, on_message: Any = None, on_interval: Any = None, disable_sync_subtasks: bool = True, **kwargs: Any) -> Any:
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        no_ack: bool = True,
+        follow_parents: bool = True,
+        callback: Any = None,
+        on_message: Any = None,
+        on_interval: Any = None,
+        disable_sync_subtasks: bool = True,
+        **kwargs: Any,
+    ) -> Any:
         """Wait for the result; re-raises the task's exception (``propagate``)."""
         from .execution import current_request
         from .producer import call_sync
@@ -253,7 +273,14 @@ class AsyncResult:
                 return  # like Celery without terminate: a running task runs to the end
         await store.cancel(job_id)
 
-    def revoke(self, connection: Any = None, terminate: bool = False, signal: Any = None, wait: bool = False, timeout: float | None = None) -> None:
+    def revoke(
+        self,
+        connection: Any = None,
+        terminate: bool = False,
+        signal: Any = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> None:
         """Cancel a queued task; with ``terminate=True`` also stop it if running (async: the
         task is cancelled at its next await; sync: ``Terminated`` is raised in its thread)."""
         from .producer import call_sync
@@ -267,7 +294,9 @@ class AsyncResult:
 class EagerResult(AsyncResult):
     """The result of ``apply()`` or eager mode: already known."""
 
-    def __init__(self, id: str, ret_value: Any, state: str, traceback: str | None = None, app: Any = None, task_name: str | None = None) -> None:
+    def __init__(
+        self, id: str, ret_value: Any, state: str, traceback: str | None = None, app: Any = None, task_name: str | None = None
+    ) -> None:
         self.id = str(id)
         self.app = app
         self.task_name = task_name
@@ -299,12 +328,14 @@ class EagerResult(AsyncResult):
     def traceback(self) -> str | None:
         return self._traceback if self._state == states.FAILURE else None
 
-    def get(self, timeout: float | None = None, propagate: bool = True, disable_sync_subtasks: bool = True, **kwargs: Any) -> Any:
+    def get(  # type: ignore[override]  # an eager result has nothing to wait for or follow
+        self, timeout: float | None = None, propagate: bool = True, disable_sync_subtasks: bool = True, **kwargs: Any
+    ) -> Any:
         if self._state in states.PROPAGATE_STATES and propagate:
             raise self._value_
         return self._value_
 
-    wait = get
+    wait = get  # type: ignore[assignment]
 
     async def aget(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5) -> Any:
         return self.get(propagate=propagate)
@@ -354,12 +385,24 @@ class ResultSet:
         for r in self.results:
             r.revoke(terminate=terminate)
 
-    def join(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5, callback: Any = None, no_ack: bool = True, on_message: Any = None, disable_sync_subtasks: bool = True, **kwargs: Any) -> list[Any]:
+    def join(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        callback: Any = None,
+        no_ack: bool = True,
+        on_message: Any = None,
+        disable_sync_subtasks: bool = True,
+        **kwargs: Any,
+    ) -> list[Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
         values = []
         for r in self.results:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            values.append(r.get(timeout=remaining, propagate=propagate, interval=interval, disable_sync_subtasks=disable_sync_subtasks))
+            values.append(
+                r.get(timeout=remaining, propagate=propagate, interval=interval, disable_sync_subtasks=disable_sync_subtasks)
+            )
         return values
 
     get = join

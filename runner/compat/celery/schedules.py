@@ -21,7 +21,15 @@ def _field(value: Any) -> str:
 class crontab:
     """``crontab(minute='*', hour='*', day_of_week='*', day_of_month='*', month_of_year='*')``."""
 
-    def __init__(self, minute: Any = "*", hour: Any = "*", day_of_week: Any = "*", day_of_month: Any = "*", month_of_year: Any = "*", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        minute: Any = "*",
+        hour: Any = "*",
+        day_of_week: Any = "*",
+        day_of_month: Any = "*",
+        month_of_year: Any = "*",
+        **kwargs: Any,
+    ) -> None:
         self.minute = _field(minute)
         self.hour = _field(hour)
         self.day_of_week = _field(day_of_week)

@@ -103,7 +103,28 @@ def _seconds(value: Any) -> float | None:
 class Celery:
     """``Celery(main, broker=..., backend=..., include=[...])``."""
 
-    def __init__(self, main: str | None = None, loader: Any = None, backend: str | None = None, amqp: Any = None, events: Any = None, log: Any = None, control: Any = None, set_as_current: bool = True, tasks: Any = None, broker: str | None = None, include: Any = None, changes: Any = None, config_source: Any = None, fixups: Any = None, task_cls: Any = None, autofinalize: bool = True, namespace: str | None = None, strict_typing: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        main: str | None = None,
+        loader: Any = None,
+        backend: str | None = None,
+        amqp: Any = None,
+        events: Any = None,
+        log: Any = None,
+        control: Any = None,
+        set_as_current: bool = True,
+        tasks: Any = None,
+        broker: str | None = None,
+        include: Any = None,
+        changes: Any = None,
+        config_source: Any = None,
+        fixups: Any = None,
+        task_cls: Any = None,
+        autofinalize: bool = True,
+        namespace: str | None = None,
+        strict_typing: bool = True,
+        **kwargs: Any,
+    ) -> None:
         self.main = main
         self.conf = Settings()
         self._constructor_broker = broker
@@ -196,7 +217,9 @@ class Celery:
             module = self.main
         return f"{module}.{name}"
 
-    def _task_from_fun(self, fun: Callable[..., Any], name: str | None = None, base: type | None = None, bind: bool = False, **options: Any) -> Task:
+    def _task_from_fun(
+        self, fun: Callable[..., Any], name: str | None = None, base: type | None = None, bind: bool = False, **options: Any
+    ) -> Task:
         name = name or self.gen_task_name(fun.__name__, fun.__module__)
         existing = self.tasks.get(name)
         if existing is not None and getattr(existing, "__wrapped__", None) is fun:
@@ -272,14 +295,14 @@ class Celery:
             expires=task.expires if isinstance(task.expires, (int, float, timedelta)) else None,
             ignore_result=bool(task.ignore_result or self.conf.task_ignore_result),
         )
-        task._job = job  # type: ignore[attr-defined]
+        task._job = job
 
     def job_for(self, task: Task) -> Any:
         self.finalize()
         job = getattr(task, "_job", None)
         if job is None or task.name not in self.runner.jobs:
             self._register_job(task)
-            job = task._job  # type: ignore[attr-defined]
+            job = task._job
         return job
 
     def finalize(self, auto: bool = False) -> None:
@@ -312,7 +335,7 @@ class Celery:
 
     def serve_defaults(self) -> dict[str, Any]:
         """Celery worker settings as ``runner serve`` defaults (flags and RUNNER_* still win)."""
-        conf, out = self.conf, {}
+        conf, out = self.conf, dict[str, Any]()
         if conf.get("worker_concurrency"):
             out["concurrency"] = int(conf.worker_concurrency)
         if conf.get("worker_max_tasks_per_child"):
@@ -329,7 +352,16 @@ class Celery:
         """``beat_schedule`` as data: (name, task name, schedule, args, kwargs, options)."""
         entries = []
         for name, entry in (self.conf.get("beat_schedule") or {}).items():
-            entries.append((name, entry["task"], entry["schedule"], tuple(entry.get("args") or ()), dict(entry.get("kwargs") or {}), dict(entry.get("options") or {})))
+            entries.append(
+                (
+                    name,
+                    entry["task"],
+                    entry["schedule"],
+                    tuple(entry.get("args") or ()),
+                    dict(entry.get("kwargs") or {}),
+                    dict(entry.get("options") or {}),
+                )
+            )
         return entries
 
     def _apply_beat(self) -> None:
@@ -344,7 +376,7 @@ class Celery:
                 raise NotRegistered(f"beat_schedule entry {name!r} names task {task_name!r}, which is not registered")
             task.check_arguments(args, kwargs)
             job_options = {k: v for k, v in options.items() if k in ("queue", "priority", "expires")}
-            self.runner.periodic(name=name, args=args, kwargs=kwargs, tz=str(tz), **to_runner(schedule), **job_options)(task._job)  # type: ignore[attr-defined]
+            self.runner.periodic(name=name, args=args, kwargs=kwargs, tz=str(tz), **to_runner(schedule), **job_options)(task._job)
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -358,7 +390,9 @@ class Celery:
             raise NotRegistered(name)
         return task.apply_async(args, kwargs, **options)
 
-    def _prepare(self, task: Task, args: Any, kwargs: Any, *, task_id: str | None, link: Any, link_error: Any, options: dict[str, Any]) -> Envelope:
+    def _prepare(
+        self, task: Task, args: Any, kwargs: Any, *, task_id: str | None, link: Any, link_error: Any, options: dict[str, Any]
+    ) -> Envelope:
         from ..canvas import callback_specs, child_specs
         from ..execution import current_request
 
@@ -422,19 +456,51 @@ class Celery:
 
         return AsyncResult(task_id or str(job_id), app=self, task_name=task.name, job_id=job_id)
 
-    def send_task_object(self, task: Task, args: Any, kwargs: Any, *, task_id: str | None = None, link: Any = None, link_error: Any = None, options: dict[str, Any] | None = None) -> Any:
+    def send_task_object(
+        self,
+        task: Task,
+        args: Any,
+        kwargs: Any,
+        *,
+        task_id: str | None = None,
+        link: Any = None,
+        link_error: Any = None,
+        options: dict[str, Any] | None = None,
+    ) -> Any:
         from ..producer import call_sync
 
         envelope = self._prepare(task, args, kwargs, task_id=task_id, link=link, link_error=link_error, options=options or {})
         (job_id,) = call_sync(self.runner_app, self.enqueue_async, [envelope])
-        signals.after_task_publish.send(sender=task.name, body=(envelope.args, envelope.kwargs, {}), exchange="", routing_key=envelope.queue, headers={"id": task_id or str(job_id), "task": task.name})
+        signals.after_task_publish.send(
+            sender=task.name,
+            body=(envelope.args, envelope.kwargs, {}),
+            exchange="",
+            routing_key=envelope.queue,
+            headers={"id": task_id or str(job_id), "task": task.name},
+        )
         return self._result(task, job_id, task_id)
 
-    async def send_task_object_async(self, task: Task, args: Any, kwargs: Any, *, task_id: str | None = None, link: Any = None, link_error: Any = None, options: dict[str, Any] | None = None) -> Any:
+    async def send_task_object_async(
+        self,
+        task: Task,
+        args: Any,
+        kwargs: Any,
+        *,
+        task_id: str | None = None,
+        link: Any = None,
+        link_error: Any = None,
+        options: dict[str, Any] | None = None,
+    ) -> Any:
         envelope = self._prepare(task, args, kwargs, task_id=task_id, link=link, link_error=link_error, options=options or {})
         self._apply_broker()
         (job_id,) = await self.enqueue_async([envelope])
-        signals.after_task_publish.send(sender=task.name, body=(envelope.args, envelope.kwargs, {}), exchange="", routing_key=envelope.queue, headers={"id": task_id or str(job_id), "task": task.name})
+        signals.after_task_publish.send(
+            sender=task.name,
+            body=(envelope.args, envelope.kwargs, {}),
+            exchange="",
+            routing_key=envelope.queue,
+            headers={"id": task_id or str(job_id), "task": task.name},
+        )
         return self._result(task, job_id, task_id)
 
     async def enqueue_async(self, envelopes: list[Envelope]) -> list[int]:
@@ -450,7 +516,9 @@ class Celery:
         from ..execution import send_async
 
         self.worker_info = info
-        await send_async(signals.setup_logging, sender=None, loglevel=logging.getLogger().level, logfile=None, format=None, colorize=False)
+        await send_async(
+            signals.setup_logging, sender=None, loglevel=logging.getLogger().level, logfile=None, format=None, colorize=False
+        )
         await send_async(signals.worker_init, sender=None)
         await send_async(signals.worker_process_init, sender=None)
         await send_async(signals.worker_ready, sender=None)

@@ -92,7 +92,7 @@ def _check(key: str, value: Any) -> None:
         _check_serializer(key, value)
 
 
-class Settings(dict):  # type: ignore[type-arg]
+class Settings(dict):
     """Celery's ``app.conf``."""
 
     def __init__(self) -> None:
@@ -113,16 +113,16 @@ class Settings(dict):  # type: ignore[type-arg]
         _check(key, value)
         super().__setitem__(key, value)
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         for key, value in dict(*args, **kwargs).items():
             self[key] = value
 
-    def setdefault(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def setdefault(self, key: str, default: Any = None) -> Any:
         if key not in self:
             self[key] = default
         return self[key]
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         return super().get(_OLD_NAMES.get(key, key), default)
 
     def from_object(self, obj: Any, namespace: str | None = None) -> None:
@@ -137,7 +137,7 @@ class Settings(dict):  # type: ignore[type-arg]
             if prefix:
                 if not key.startswith(prefix):
                     continue
-                self[key[len(prefix):].lower()] = value
+                self[key[len(prefix) :].lower()] = value
             elif key in _OLD_NAMES or key in DEFAULTS or key.islower():
                 self[key] = value
 

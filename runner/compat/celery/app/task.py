@@ -25,6 +25,7 @@ class Context:
     """``self.request``: what the running attempt knows about itself."""
 
     id: str | None = None
+    custom_state: Any = None  # (state, meta) of update_state() when eager or called directly
     retries: int = 0
     args: Any = ()
     kwargs: Any = None
@@ -69,7 +70,11 @@ class Context:
         return getattr(self, key, default)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("state", "runner_ctx", "retry_requested", "pending_call", "progress")}
+        return {
+            k: v
+            for k, v in self.__dict__.items()
+            if k not in ("state", "runner_ctx", "retry_requested", "pending_call", "progress")
+        }
 
     def __repr__(self) -> str:
         return f"<Context: {self.as_dict()!r}>"
@@ -216,7 +221,17 @@ class Task:
     def delay(self, *args: Any, **kwargs: Any) -> Any:
         return self.apply_async(args, kwargs)
 
-    def apply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None, producer: Any = None, link: Any = None, link_error: Any = None, shadow: str | None = None, **options: Any) -> Any:
+    def apply_async(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        task_id: str | None = None,
+        producer: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        shadow: str | None = None,
+        **options: Any,
+    ) -> Any:
         """Enqueue; returns an ``AsyncResult`` (see the README for the options honoured)."""
         app = self._get_app()
         if app.conf.task_always_eager:
@@ -224,22 +239,52 @@ class Task:
         self.check_arguments(args, kwargs)
         return app.send_task_object(self, args, kwargs, task_id=task_id, link=link, link_error=link_error, options=options)
 
-    async def aapply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None, link: Any = None, link_error: Any = None, **options: Any) -> Any:
+    async def aapply_async(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        task_id: str | None = None,
+        link: Any = None,
+        link_error: Any = None,
+        **options: Any,
+    ) -> Any:
         """``apply_async`` for async callers (a shim extension): does not block the loop."""
         app = self._get_app()
         if app.conf.task_always_eager:
             return self.apply(args, kwargs, task_id=task_id, link=link, link_error=link_error, **options)
         self.check_arguments(args, kwargs)
-        return await app.send_task_object_async(self, args, kwargs, task_id=task_id, link=link, link_error=link_error, options=options)
+        return await app.send_task_object_async(
+            self, args, kwargs, task_id=task_id, link=link, link_error=link_error, options=options
+        )
 
     async def adelay(self, *args: Any, **kwargs: Any) -> Any:
         return await self.aapply_async(args, kwargs)
 
-    def apply(self, args: Any = None, kwargs: Any = None, link: Any = None, link_error: Any = None, task_id: str | None = None, retries: int | None = None, throw: bool | None = None, **options: Any) -> Any:
+    def apply(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        task_id: str | None = None,
+        retries: int | None = None,
+        throw: bool | None = None,
+        **options: Any,
+    ) -> Any:
         """Run now, in this process (eager); returns an ``EagerResult``. Retries run at once."""
         from ..execution import apply_eager
 
-        return apply_eager(self, tuple(args or ()), dict(kwargs or {}), task_id=task_id, retries=retries or 0, throw=throw, link=link, link_error=link_error, options=options)
+        return apply_eager(
+            self,
+            tuple(args or ()),
+            dict(kwargs or {}),
+            task_id=task_id,
+            retries=retries or 0,
+            throw=throw,
+            link=link,
+            link_error=link_error,
+            options=options,
+        )
 
     # -- canvas -------------------------------------------------------------------------------
 
@@ -283,7 +328,17 @@ class Task:
 
     # -- retry --------------------------------------------------------------------------------
 
-    def retry(self, args: Any = None, kwargs: Any = None, exc: BaseException | None = None, throw: bool = True, eta: datetime | None = None, countdown: float | None = None, max_retries: int | None = None, **options: Any) -> Retry:
+    def retry(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: datetime | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Retry:
         """Run this task again, same task id, ``request.retries + 1``; raises ``Retry``.
 
         Past ``max_retries``: re-raises ``exc`` if given, else ``MaxRetriesExceededError``."""
@@ -319,7 +374,7 @@ class Task:
 
     # -- hooks (def or async def in subclasses) -----------------------------------------------
 
-    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> Any:
         pass
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:

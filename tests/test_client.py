@@ -1,0 +1,158 @@
+"""The producer: one driver per loop, the sync API on the right loop, settings from Settings,
+handles that decode what they read and say what happened."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from runner import ArgumentsError, CancelResult, JobFailed, RunnerError, SerializationError
+from runner.testing import run_burst
+from tests.apps import basic
+
+from .conftest import REPO, sql
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_fifty_concurrent_first_enqueues_open_one_driver(configured: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner import client as client_module
+
+    opened: list[object] = []
+    real = client_module.open_driver
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        driver = real(*args, **kwargs)
+        opened.append(driver)
+        return driver
+
+    monkeypatch.setattr(client_module, "open_driver", counting)
+    await basic.app.client.aclose()
+    async with anyio.create_task_group() as tg:
+        for i in range(50):
+            tg.start_soon(basic.add.defer_async, i, i)
+    assert len(opened) == 1, f"{len(opened)} drivers (engines) for one loop"
+    assert sql(configured, "SELECT count(*) FROM runner_jobs") == [(50,)]
+
+
+async def test_a_callees_runtime_error_runs_it_once(configured: str) -> None:
+    basic.CALLS["runtime_error"] = 0
+    handle = await basic.sync_calls_the_loop.defer_async()
+    await run_burst(basic.app, configured)
+    assert await handle.wait_async(5) == "the callee's own RuntimeError after 1 call(s)"
+
+
+async def test_retry_on_timeout_error_retries_a_soft_timeout(configured: str) -> None:
+    handle = await basic.times_out_once.defer_async()
+    await run_burst(basic.app, configured)
+    assert await handle.wait_async(5) == 2
+    info = await handle.info_async()
+    assert [a.error.type if a.error else None for a in info.attempts] == ["JobTimeout", None]
+    assert info.attempts[0].error is not None and info.attempts[0].error.message == "soft time limit of 0.2s exceeded"
+
+
+async def test_a_row_naming_an_injected_parameter_fails_clearly(configured: str) -> None:
+    handle = await basic.takes_kwargs.defer_async(colour="red")
+    with pytest.raises(ArgumentsError, match="'session' names a parameter runner injects"):
+        await basic.takes_kwargs.defer_async(session="mine")
+    sql(
+        configured,
+        "INSERT INTO runner_jobs (name, kwargs) VALUES ('tests.apps.basic.takes_kwargs', '{\"session\": 1}')"
+        + (" RETURNING id" if "postgres" in configured else ""),
+    )
+    await run_burst(basic.app, configured)
+    assert await handle.wait_async(5) == ["colour"]
+    ((error,),) = sql(configured, "SELECT error FROM runner_jobs WHERE state = 'failed'")
+    assert "ArgumentsError" in error and "names a parameter runner injects" in error
+
+
+async def test_nesting_deeper_than_the_limit_is_refused_at_enqueue(configured: str) -> None:
+    deep: Any = []
+    for _ in range(980):
+        deep = [deep]
+    with pytest.raises(SerializationError, match="nests deeper than 64 levels"):
+        await basic.identity_of_args.defer_async(deep)
+    shallow: Any = []
+    for _ in range(60):
+        shallow = [shallow]
+    assert isinstance((await basic.identity_of_args.defer_async(shallow)).id, int)
+
+
+async def test_handles_decode_what_they_read(configured: str) -> None:
+    handle = await basic.reports_progress.defer_async()
+    await run_burst(basic.app, configured)
+    info = await handle.info_async()
+    assert (info.state, info.result, info.progress, info.args) == ("succeeded", "ok", {"step": 1}, [])
+    assert info.created_at.tzinfo is not None and info.finished_at is not None and info.finished_at >= info.created_at
+    assert [a.outcome for a in info.attempts] == ["succeeded"]
+    assert await handle.cancel_async() == CancelResult.FINISHED
+    with pytest.raises(JobFailed):
+        failing = await basic.boom.defer_async("x")
+        await run_burst(basic.app, configured)
+        await failing.wait_async(5)
+
+
+async def test_a_rolled_back_transactional_enqueue_says_so(configured: str) -> None:
+    from runner import create_engine
+
+    engine = create_engine(configured)
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    async with AsyncSession(engine) as session:
+        async with session.begin():
+            handle = await basic.add.options(session=session).defer_async(1, 2)
+            await session.rollback()
+    with pytest.raises(RunnerError, match="inside a transaction that rolled back"):
+        await handle.info_async()
+    with pytest.raises(RunnerError, match="never enqueued in this queue, or purged"):
+        await basic.app.handle(10**9).info_async()
+    await engine.dispose()
+
+
+def test_the_sync_api_refuses_a_session() -> None:
+    with pytest.raises(ArgumentsError, match="session= needs the async API"):
+        basic.app.defer_many([basic.add.call(1, 2)], session=object())  # type: ignore[arg-type]
+
+
+def test_the_producer_reads_runner_broker_url(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'env.db'}"
+    script = textwrap.dedent(
+        """
+        from tests.apps.basic import add
+        print(add.defer(1, 2).id)
+        """
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "RUNNER_BROKER_URL": url}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert sql(url, "SELECT name FROM runner_jobs") == [("tests.apps.basic.add",)]
+
+
+def test_mixing_the_sync_and_async_api_exits_silently(broker_url: str) -> None:
+    """The very error runner exists to remove ("Future attached to a different loop", "Event
+    loop is closed") must not appear when one script uses both APIs."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio
+        from tests.apps.basic import add, app
+        app.configure(broker={broker_url!r})
+        print(add.defer(1, 2).id)
+        async def main():
+            for i in range(5):
+                await add.defer_async(i, i)
+            print((await add.defer_async(3, 4)).id)
+        asyncio.run(main())
+        print(add.defer(5, 6).id)
+        """
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "default"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "", done.stderr
+    assert len(done.stdout.split()) == 3
