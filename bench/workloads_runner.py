@@ -20,8 +20,8 @@ from typing import Any
 
 from sqlalchemy import text
 
+from runner.drivers import open_driver
 from runner.session import create_engine
-from runner.store import Store
 
 from . import seed
 from .bench_app import activate_job, app, noop
@@ -42,10 +42,18 @@ async def sql(url: str, statement: str) -> list[Any]:
         await engine.dispose()
 
 
+async def _workers(url: str) -> list[Any]:
+    driver = open_driver(url, pool_size=1)
+    try:
+        return await driver.workers(since=0.0)
+    finally:
+        await driver.dispose()
+
+
 async def _migrate(url: str) -> None:
-    engine = create_engine(url, pool_size=1)
-    await Store(engine).migrate()
-    await engine.dispose()
+    driver = open_driver(url, pool_size=1)
+    await driver.migrate()
+    await driver.dispose()
 
 
 def serve(tag: str, url: str, workers: int, concurrency: int, *extra: str) -> Child:
@@ -189,7 +197,7 @@ def run_w3(url: str, n: int, rate: float, workers: int, concurrency: int) -> dic
 
         def all_ready() -> bool:
             child.check_alive()
-            return len(asyncio.run(sql(url, "SELECT owner FROM runner_workers"))) >= workers
+            return len(asyncio.run(_workers(url))) >= workers
 
         wait_for(all_ready, 60, what="runner start-up")
 

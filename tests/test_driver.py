@@ -397,6 +397,7 @@ async def test_a_lost_counter_at_its_maximum_cannot_stop_the_sweep(driver: Drive
     [
         ("v", "99", "envelope version 99"),
         ("args", "'" + "[" * 2000 + "]" * 2000 + "'", "args column nests deeper than 64 levels"),
+        ("meta", '\'{"hard_timeout": ' + "[" * 900 + "]" * 900 + "}'", "meta column nests deeper than 64 levels"),
         ("args", "'[1, 2'", "args column is not valid JSON"),
         ("kwargs", "'[1]'", "kwargs column must be a JSON object, got array"),
         ("meta", "'\"x\"'", "meta column must be a JSON object or NULL, got string"),

@@ -33,7 +33,6 @@ from ..decide import Outcome
 from ..gc_pause import paused_gc
 from ..schema import Dialect, constraints, job_indexes, job_table, side_tables, workers_table
 from ..wire import MAX_DEPTH, MAX_HISTORY, PROTOCOL_VERSION, Attempt, BadRow, Envelope
-from .base import WorkerRow
 from .sql import COPY_FROM, INSERT_COLUMNS, JOB_COLUMNS, SQLDriver, claim_columns, outcome_params
 
 __all__ = ["PostgresDriver", "plain_dsn"]
@@ -138,6 +137,16 @@ _FINISH: Final = f"""
     WHERE j.id = v.id AND j.lease_token = v.token AND j.state = 'running'
     RETURNING j.id
 """
+# One outcome (the exactly-once path: one per job transaction): plain parameters, no arrays.
+_FINISH_ONE: Final = _FINISH.replace(
+    """FROM unnest(
+        $1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::float8[],
+        $8::integer[], $9::integer[], $10::text[], $11::text[], $12::text[]
+    ) AS v(id, token, state, result, error, run_at, finished_at, attempt, lost, args, kwargs, record)""",
+    """FROM (SELECT $1::bigint, $2::bigint, $3::text, $4::text, $5::text, $6::float8, $7::float8,
+        $8::integer, $9::integer, $10::text, $11::text, $12::text
+    ) AS v(id, token, state, result, error, run_at, finished_at, attempt, lost, args, kwargs, record)""",
+)
 _FINISH_FIELDS: Final = (
     "id",
     "token",
@@ -180,22 +189,6 @@ _REQUEST_CANCEL: Final = text("UPDATE runner_jobs SET cancel_requested = 1 WHERE
 _CANCEL_REQUESTS: Final = "SELECT id FROM runner_jobs WHERE id = ANY($1::bigint[]) AND state = 'running' AND cancel_requested = 1"
 _PROGRESS: Final = text(
     "UPDATE runner_jobs SET progress = :progress WHERE id = :id AND lease_token = :token AND state = 'running'"
-)
-
-_WORKER_UPSERT: Final = text(
-    """
-    INSERT INTO runner_workers (owner, node, pid, pid_started, boot_id, queues, concurrency, started_at, seen_at, done, rss_kb, running)
-    VALUES (:owner, :node, :pid, :pid_started, :boot_id, :queues, :concurrency, :started_at, :seen_at, :done, :rss_kb, :running)
-    ON CONFLICT (owner) DO UPDATE SET node = excluded.node, pid = excluded.pid, pid_started = excluded.pid_started,
-        boot_id = excluded.boot_id, queues = excluded.queues, concurrency = excluded.concurrency,
-        started_at = excluded.started_at, seen_at = excluded.seen_at, done = excluded.done,
-        rss_kb = excluded.rss_kb, running = excluded.running
-    """
-)
-_WORKER_DELETE: Final = text("DELETE FROM runner_workers WHERE owner = :owner")
-_WORKERS: Final = text(
-    "SELECT owner, node, pid, pid_started, boot_id, queues, concurrency, started_at, seen_at, done, rss_kb, running"
-    " FROM runner_workers WHERE seen_at >= :since ORDER BY owner"
 )
 
 
@@ -307,6 +300,9 @@ class PostgresDriver(SQLDriver):
             return self._decode(await pg.fetch(_EXPIRED, time.time(), limit))
 
     async def _write_outcomes(self, conn: AsyncConnection, outcomes: Sequence[Outcome]) -> int:
+        if len(outcomes) == 1:
+            params = outcome_params(outcomes[0])
+            return len((await conn.exec_driver_sql(_FINISH_ONE, tuple(params[f] for f in _FINISH_FIELDS))).all())
         return len((await conn.exec_driver_sql(_FINISH, _finish_arrays(outcomes))).all())
 
     async def complete(self, outcomes: Sequence[Outcome]) -> int:
@@ -353,20 +349,6 @@ class PostgresDriver(SQLDriver):
                     conn.terminate()  # synchronous: no await a cancel could interrupt
             await anyio.sleep(delay)
             delay = min(delay * 2, 5.0)
-
-    # -- workers --------------------------------------------------------------------------------
-
-    async def worker_seen(self, worker: WorkerRow) -> None:
-        async with self._auto.connect() as conn:
-            await conn.execute(_WORKER_UPSERT, vars(worker))
-
-    async def worker_gone(self, owner: str) -> None:
-        async with self._auto.connect() as conn:
-            await conn.execute(_WORKER_DELETE, {"owner": owner})
-
-    async def workers(self, since: float) -> list[WorkerRow]:
-        async with self._auto.connect() as conn:
-            return [WorkerRow(*row) for row in (await conn.execute(_WORKERS, {"since": since})).all()]
 
 
 _BATCH = msgspec.json.Encoder()

@@ -31,7 +31,7 @@ from ..errors import EnqueueError, PayloadTooLarge, SchemaError
 from ..rows import CLAIM_COLUMNS, TEXT_COLUMNS, decode_row
 from ..schema import SCHEMA_VERSION
 from ..wire import MAX_DEPTH, PROTOCOL_VERSION, Attempt, BadRow, Envelope, check_depth, encode_json_bytes
-from .base import CancelResult, Driver, JobFilter, JobRow
+from .base import CancelResult, Driver, JobFilter, JobRow, WorkerRow
 
 __all__ = ["SQLDriver", "insert_row"]
 
@@ -103,6 +103,21 @@ _NEXT_RUN_AT = text("SELECT min(run_at) FROM runner_jobs WHERE state = 'queued' 
 _SCHEMA_VERSION = text("SELECT value FROM runner_meta WHERE name = 'schema_version'")
 _SET_VERSION = text(
     "INSERT INTO runner_meta (name, value) VALUES ('schema_version', :v) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+)
+_WORKER_UPSERT = text(
+    """
+    INSERT INTO runner_workers (owner, node, pid, pid_started, boot_id, queues, concurrency, started_at, seen_at, done, rss_kb, running)
+    VALUES (:owner, :node, :pid, :pid_started, :boot_id, :queues, :concurrency, :started_at, :seen_at, :done, :rss_kb, :running)
+    ON CONFLICT (owner) DO UPDATE SET node = excluded.node, pid = excluded.pid, pid_started = excluded.pid_started,
+        boot_id = excluded.boot_id, queues = excluded.queues, concurrency = excluded.concurrency,
+        started_at = excluded.started_at, seen_at = excluded.seen_at, done = excluded.done,
+        rss_kb = excluded.rss_kb, running = excluded.running
+    """
+)
+_WORKER_DELETE = text("DELETE FROM runner_workers WHERE owner = :owner")
+_WORKERS = text(
+    "SELECT owner, node, pid, pid_started, boot_id, queues, concurrency, started_at, seen_at, done, rss_kb, running"
+    " FROM runner_workers WHERE seen_at >= :since ORDER BY owner"
 )
 _BY_ID: Final = "id = :id"
 _BY_IDS: Final = "id IN :ids"
@@ -293,6 +308,23 @@ class SQLDriver(Driver):
                 matched += 1
                 await self._enqueue(conn, outcome.children, time.time())
         return matched
+
+    # -- workers: upserted with each lease renewal; `runner status` reads them --------------------
+
+    def _workers_connection(self) -> Any:
+        return self._auto.connect()
+
+    async def worker_seen(self, worker: WorkerRow) -> None:
+        async with self._workers_connection() as conn:
+            await conn.execute(_WORKER_UPSERT, vars(worker))
+
+    async def worker_gone(self, owner: str) -> None:
+        async with self._workers_connection() as conn:
+            await conn.execute(_WORKER_DELETE, {"owner": owner})
+
+    async def workers(self, since: float) -> list[WorkerRow]:
+        async with self._workers_connection() as conn:
+            return [WorkerRow(*row) for row in (await conn.execute(_WORKERS, {"since": since})).all()]
 
     # -- periodic jobs and retention --------------------------------------------------------------
 

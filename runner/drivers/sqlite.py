@@ -154,21 +154,6 @@ _CONTROL_CLEANUP: Final = (
     text("DELETE FROM runner_cancel WHERE requested_at < :stale"),
     text("DELETE FROM runner_progress WHERE updated_at < :old"),
 )
-_WORKER_UPSERT: Final = text(
-    """
-    INSERT INTO runner_workers (owner, node, pid, pid_started, boot_id, queues, concurrency, started_at, seen_at, done, rss_kb, running)
-    VALUES (:owner, :node, :pid, :pid_started, :boot_id, :queues, :concurrency, :started_at, :seen_at, :done, :rss_kb, :running)
-    ON CONFLICT (owner) DO UPDATE SET node = excluded.node, pid = excluded.pid, pid_started = excluded.pid_started,
-        boot_id = excluded.boot_id, queues = excluded.queues, concurrency = excluded.concurrency,
-        started_at = excluded.started_at, seen_at = excluded.seen_at, done = excluded.done,
-        rss_kb = excluded.rss_kb, running = excluded.running
-    """
-)
-_WORKER_DELETE: Final = text("DELETE FROM runner_workers WHERE owner = :owner")
-_WORKERS: Final = text(
-    "SELECT owner, node, pid, pid_started, boot_id, queues, concurrency, started_at, seen_at, done, rss_kb, running"
-    " FROM runner_workers WHERE seen_at >= :since ORDER BY owner"
-)
 _TEXT_JOB_COLUMNS: Final = frozenset(
     {
         "name",
@@ -386,20 +371,12 @@ class SQLiteDriver(SQLDriver):
 
         return [replace(r, progress=progress[r.id]) if r.id in progress else r for r in rows]
 
-    # -- workers --------------------------------------------------------------------------------
-
-    async def worker_seen(self, worker: WorkerRow) -> None:
-        async with self._control_auto.connect() as conn:
-            await conn.execute(_WORKER_UPSERT, vars(worker))
-
-    async def worker_gone(self, owner: str) -> None:
-        async with self._control_auto.connect() as conn:
-            await conn.execute(_WORKER_DELETE, {"owner": owner})
+    def _workers_connection(self) -> Any:
+        return self._control_auto.connect()
 
     async def workers(self, since: float) -> list[WorkerRow]:
         await self._ensure_control()
-        async with self._control_auto.connect() as conn:
-            return [WorkerRow(*row) for row in (await conn.execute(_WORKERS, {"since": since})).all()]
+        return await super().workers(since)
 
     async def dispose(self) -> None:
         await self.engine.dispose()
