@@ -36,6 +36,7 @@ from .errors import (
     TimeLimitExceeded,
     UnknownJob,
 )
+from .limits import ConcurrencyLimit, RateLimit
 from .session import create_engine, session_scope
 from .settings import Settings
 from .wire import AttemptRecord, ChildSpec, Envelope, ErrorInfo, State
@@ -47,6 +48,7 @@ __all__ = [
     "Call",
     "CancelResult",
     "ChildSpec",
+    "ConcurrencyLimit",
     "ConfigError",
     "Context",
     "EnqueueError",
@@ -62,6 +64,7 @@ __all__ = [
     "JobTimeout",
     "LeaseLost",
     "PayloadTooLarge",
+    "RateLimit",
     "ResultTimeout",
     "Retry",
     "RunnerError",

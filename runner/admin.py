@@ -29,6 +29,18 @@ def add_admin_commands(sub: Any, common: Callable[[argparse.ArgumentParser], Non
     common(status)
     status.add_argument("--json", action="store_true")
 
+    queues = sub.add_parser("queues", help="list queues; pause or resume one on every host")
+    queues_sub = queues.add_subparsers(dest="queues_command", required=True, metavar="ACTION")
+    for action, helptext in (("list", "every queue with its counts, and whether it is paused"),
+                             ("pause", "stop every host claiming from a queue; running jobs finish"),
+                             ("resume", "let every host claim from a paused queue again")):  # fmt: skip
+        parser = queues_sub.add_parser(action, help=helptext)
+        common(parser)
+        if action != "list":
+            parser.add_argument("queue", help="the queue's name")
+        else:
+            parser.add_argument("--json", action="store_true")
+
     jobs = sub.add_parser("jobs", help="list, show, retry, cancel, purge jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
     listing = jobs_sub.add_parser("list", help="newest first")
@@ -84,6 +96,8 @@ async def _run(ns: argparse.Namespace, settings: Settings) -> int:
         store = driver
         if ns.command == "status":
             return await _status(admin, settings, ns.json)
+        if ns.command == "queues":
+            return await _queues(driver, ns)
         action = ns.jobs_command
         if action == "list":
             rows = await admin.list_jobs(JobFilter(state=ns.state, queue=ns.queue, name=ns.name), limit=ns.limit)
@@ -120,9 +134,35 @@ _CANCEL_MESSAGES = {
 }
 
 
+async def _queues(driver: Driver, ns: argparse.Namespace) -> int:
+    if ns.queues_command in ("pause", "resume"):
+        await driver.set_paused(ns.queue, ns.queues_command == "pause")
+        print(
+            f"queue {ns.queue} {'paused: no host claims from it; running jobs finish' if ns.queues_command == 'pause' else 'resumed'}"
+        )
+        return 0
+    stats, paused = await driver.stats(), set(await driver.paused_queues())
+    names = sorted({q for q, _, _ in stats} | paused)
+    if ns.json:
+        counts = {q: {s: n for qq, s, n in stats if qq == q} for q in names}
+        print(json.dumps([{"queue": q, "paused": q in paused, "counts": counts[q]} for q in names]))
+        return 0
+    rows = [
+        [
+            q,
+            "paused" if q in paused else "",
+            *[str(next((n for qq, s, n in stats if qq == q and s == st), 0)) for st in ("queued", "running", "failed")],
+        ]
+        for q in names
+    ]
+    _table(["queue", "", "queued", "running", "failed"], rows)
+    return 0
+
+
 async def _status(admin: Driver, settings: Settings, as_json: bool) -> int:
     now = time.time()
     stats = await admin.stats()
+    paused = set(await admin.paused_queues())
     workers = await admin.workers(now - 3 * settings.lease_ttl)
     rate = await admin.finished_since(now - 60) / 60.0
     if as_json:
@@ -130,11 +170,18 @@ async def _status(admin: Driver, settings: Settings, as_json: bool) -> int:
             "counts": [{"queue": q, "state": s, "count": n} for q, s, n in stats],
             "workers": [{"owner": w.owner, "node": w.node, "pid": w.pid, "queues": w.queues, "seen_at": w.seen_at, "done": w.done} for w in workers],
             "jobs_per_second_last_minute": round(rate, 2),
+            "paused_queues": sorted(paused),
         }))  # fmt: skip
         return 0
-    queues = sorted({q for q, _, _ in stats})
+    queues = sorted({q for q, _, _ in stats} | paused)
     header = ["queue", *State.ALL]
-    table = [[q, *[str(next((n for qq, s, n in stats if qq == q and s == st), 0)) for st in State.ALL]] for q in queues]
+    table = [
+        [
+            q + (" (paused)" if q in paused else ""),
+            *[str(next((n for qq, s, n in stats if qq == q and s == st), 0)) for st in State.ALL],
+        ]
+        for q in queues
+    ]
     _table(header, table)
     print()
     _table(

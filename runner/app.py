@@ -14,7 +14,7 @@ import inspect
 import math
 import time
 import typing
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from .client import Client, JobHandle
 from .errors import ArgumentsError, ConfigError, UnknownJob
 from .gc_pause import paused_gc
+from .limits import ConcurrencyLimit, RateLimit, compute_key
 from .policy import INT32_MAX, Backoff, Policy
 from .schedules import Cron, Every, Missed, parse_schedule
 from .settings import check_url
@@ -101,6 +102,8 @@ class JobOptions:
     max_attempts: int | None = None
     timeout: float | None = None  # soft limit for this call (the job's own otherwise)
     hard_timeout: float | None = None  # hard limit for this call: the worker is killed past it
+    concurrency_key: str | None = None  # this call's concurrency key (the job's ConcurrencyLimit applies)
+    rate_key: str | None = None  # this call's rate key (the job's RateLimit applies)
     parent_id: int | None = None
     root_id: int | None = None
     meta: dict[str, Any] | None = None
@@ -162,8 +165,7 @@ class Call:
         """The row this call writes. Every option is checked here, the same way for every
         database, so a bad one is an ``ArgumentsError`` naming it and what is accepted."""
         job, opts = self.job, self.options
-        if check_arguments:
-            job.check_arguments(self.args, self.kwargs)
+        bound = job.bind(self.args, self.kwargs) if check_arguments or job.keyed else None
         run_at = None
         if opts.eta is not None:
             run_at = _instant("eta", opts.eta)
@@ -188,6 +190,7 @@ class Call:
             key_ttl=None if opts.key_ttl is None else _number("key_ttl", opts.key_ttl),
             timeout=None if opts.timeout is None else _number("timeout", opts.timeout, strict=True),
             hard_timeout=None if opts.hard_timeout is None else _number("hard_timeout", opts.hard_timeout, strict=True),
+            **job.limit_columns(bound.arguments if bound is not None else {}, opts),
             parent_id=None if opts.parent_id is None else _int("parent_id", opts.parent_id, -(2**63) + 1, 2**63 - 1),
             root_id=None if opts.root_id is None else _int("root_id", opts.root_id, -(2**63) + 1, 2**63 - 1),
             meta=self._meta(),
@@ -250,8 +253,13 @@ class JobDef(Generic[P, R]):
         timeout: float | None = None,
         hard_timeout: float | None = None,
         expires: float | timedelta | None = None,
+        concurrency: ConcurrencyLimit | None = None,
+        rate: RateLimit | None = None,
     ) -> None:
         self.app = app
+        self.concurrency = concurrency
+        self.rate = rate
+        self.keyed = callable(getattr(concurrency, "key", None)) or callable(getattr(rate, "key", None))
         self.fn = fn
         self.name = name
         self.queue = queue
@@ -281,6 +289,31 @@ class JobDef(Generic[P, R]):
     @property
     def max_attempts(self) -> int:
         return self.policy.max_attempts
+
+    def limit_columns(self, arguments: Mapping[str, Any], opts: JobOptions) -> dict[str, Any]:
+        """The flow-control columns of one call (limits.py): keys computed from its arguments."""
+        columns: dict[str, Any] = {}
+        if opts.concurrency_key is not None and self.concurrency is None:
+            raise _bad(
+                "concurrency_key", opts.concurrency_key, "a key for a job registered with concurrency=ConcurrencyLimit(...)"
+            )
+        if opts.rate_key is not None and self.rate is None:
+            raise _bad("rate_key", opts.rate_key, "a key for a job registered with rate=RateLimit(...)")
+        if self.concurrency is not None:
+            key = (
+                _text("concurrency_key", opts.concurrency_key)
+                if opts.concurrency_key is not None
+                else compute_key(self.concurrency.key, self.name, arguments, "the concurrency")
+            )
+            columns.update(concurrency_key=key, concurrency_limit=self.concurrency.limit)
+        if self.rate is not None:
+            key = (
+                _text("rate_key", opts.rate_key)
+                if opts.rate_key is not None
+                else compute_key(self.rate.key, self.name, arguments, "the rate")
+            )
+            columns.update(rate_key=key, rate_limit=self.rate.starts, rate_period=self.rate.period)
+        return columns
 
     # -- arguments -----------------------------------------------------------------------------
 
@@ -482,6 +515,8 @@ class App:
         hard_timeout: float | None = None,
         expires: float | timedelta | None = None,
         ignore_result: bool = False,
+        concurrency: ConcurrencyLimit | int | None = None,
+        rate: RateLimit | str | None = None,
     ) -> JobDef[..., Any]: ...
 
     @overload
@@ -502,6 +537,8 @@ class App:
         hard_timeout: float | None = None,
         expires: float | timedelta | None = None,
         ignore_result: bool = False,
+        concurrency: ConcurrencyLimit | int | None = None,
+        rate: RateLimit | str | None = None,
     ) -> Callable[[Callable[..., Any]], JobDef[..., Any]]: ...
 
     def job(
@@ -521,23 +558,37 @@ class App:
         hard_timeout: float | None = None,
         expires: float | timedelta | None = None,
         ignore_result: bool = False,
+        concurrency: ConcurrencyLimit | int | None = None,
+        rate: RateLimit | str | None = None,
     ) -> JobDef[..., Any] | Callable[[Callable[..., Any]], JobDef[..., Any]]:
         """Register ``fn`` as a job. Usable bare (``@app.job``) or with options.
 
         :param retries: extra attempts after the first, for exceptions in ``retry_on``.
+        :param concurrency: at most this many running at once, on every host (an int: for the
+            whole job; ``ConcurrencyLimit(limit, key=...)``: per key). See ``runner/limits.py``.
+        :param rate: at most this many starts per period, on every host (``"100/m"``, or
+            ``RateLimit("100/m", key=...)`` per key).
         :param timeout: soft limit in seconds: the job is cancelled, its session rolled back.
         :param hard_timeout: the supervisor kills the worker past this (for code that ignores
             cancellation); the job is then retried or failed by its policy.
         """
         if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries < INT32_MAX:
             raise ConfigError(f"retries={retries!r}: accepted: an int from 0 to {INT32_MAX - 1}")
-        for what, limit in (("timeout", timeout), ("hard_timeout", hard_timeout)):
-            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0):
-                raise ConfigError(f"{what}={limit!r}: accepted: a number of seconds greater than 0, or None")
+        for what, seconds in (("timeout", timeout), ("hard_timeout", hard_timeout)):
+            if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0):
+                raise ConfigError(f"{what}={seconds!r}: accepted: a number of seconds greater than 0, or None")
         policy = Policy(
             max_attempts=retries + 1, retry_on=tuple(retry_on), backoff=Backoff(backoff, backoff_max, jitter),
             ignore_result=ignore_result,
         )  # fmt: skip
+        limit: Any = (
+            ConcurrencyLimit(concurrency) if isinstance(concurrency, int) and not isinstance(concurrency, bool) else concurrency
+        )
+        per: Any = RateLimit(rate) if isinstance(rate, (str, tuple)) else rate
+        if limit is not None and not isinstance(limit, ConcurrencyLimit):
+            raise ConfigError(f"concurrency={concurrency!r}: accepted: an int, or ConcurrencyLimit(limit, key=...)")
+        if per is not None and not isinstance(per, RateLimit):
+            raise ConfigError(f"rate={rate!r}: accepted: '100/m' and the like, or RateLimit('100/m', key=...)")
 
         def register(func: Callable[..., Any]) -> JobDef[Any, Any]:
             job_name = name or f"{func.__module__}.{func.__qualname__}"
@@ -545,7 +596,7 @@ class App:
                 raise ConfigError(f"two jobs are named {job_name!r}; give one of them name=...")
             definition: JobDef[Any, Any] = JobDef(
                 self, func, name=job_name, queue=queue or self.route(job_name), priority=priority, policy=policy,
-                timeout=timeout, hard_timeout=hard_timeout, expires=expires,
+                timeout=timeout, hard_timeout=hard_timeout, expires=expires, concurrency=limit, rate=per,
             )  # fmt: skip
             self.jobs[job_name] = definition
             return definition
@@ -657,6 +708,21 @@ class App:
         with paused_gc():
             envelopes = [c.envelope(now) for c in calls]
         return await self.client.enqueue(envelopes, session=session)
+
+    # -- flow control ------------------------------------------------------------------------------
+
+    async def pause_async(self, queue: str) -> None:
+        """Stop every host claiming from ``queue`` (running jobs finish); ``resume`` undoes it."""
+        await self.client.set_paused(queue, True)
+
+    async def resume_async(self, queue: str) -> None:
+        await self.client.set_paused(queue, False)
+
+    def pause(self, queue: str) -> None:
+        self.client.run_sync(self.pause_async, queue)
+
+    def resume(self, queue: str) -> None:
+        self.client.run_sync(self.resume_async, queue)
 
     def handle(self, job_id: int) -> JobHandle:
         """A handle for an existing job id (to wait on it, read its state, cancel it)."""

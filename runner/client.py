@@ -117,6 +117,11 @@ class Client:
         with paused_gc():
             return [JobHandle(self, job_id, transactional=session is not None) for job_id in ids]
 
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        if not isinstance(queue, str) or not queue or "\x00" in queue:
+            raise RunnerError(f"queue {queue!r}: accepted: a non-empty queue name")
+        await (await self.driver()).set_paused(queue, paused)
+
     def _session_driver(self, engine: Any) -> Driver:
         driver = self._session_drivers.get(engine)
         if driver is None:

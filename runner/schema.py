@@ -53,6 +53,11 @@ _COLUMNS = """
     expires_at   {float},                             -- never started after this: ends 'expired'
     timeout      {float},                             -- soft limit of this call, s (NULL: the job's)
     hard_timeout {float},                             -- hard limit of this call, s (NULL: the job's)
+    concurrency_key   TEXT,                           -- at most concurrency_limit running jobs per key
+    concurrency_limit INTEGER,
+    rate_key     TEXT,                                -- at most rate_limit starts per rate_period s per key
+    rate_limit   INTEGER,
+    rate_period  {float},
     key          TEXT,                                -- idempotency key: one live job per key
     parent_id    BIGINT,                              -- the job whose ending enqueued this one
     root_id      BIGINT,                              -- the first job of its chain or workflow
@@ -85,11 +90,26 @@ _INDEXES: Final = (
     "CREATE INDEX IF NOT EXISTS runner_jobs_parent ON runner_jobs (parent_id) WHERE parent_id IS NOT NULL",
     # Result retention and "finished in the last minute".
     "CREATE INDEX IF NOT EXISTS runner_jobs_finished ON runner_jobs (finished_at) WHERE finished_at IS NOT NULL",
+    # Concurrency limits: the running jobs of a key, counted by every claim that meets the key.
+    "CREATE INDEX IF NOT EXISTS runner_jobs_limited ON runner_jobs (concurrency_key)"
+    " WHERE state = 'running' AND concurrency_key IS NOT NULL",
 )
 
 _SIDE_TABLES: Final = (
     # Schema version and other small facts.
     "CREATE TABLE IF NOT EXISTS runner_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # Rate limits: the starts of the current window of each key, bumped by the claim.
+    """CREATE TABLE IF NOT EXISTS runner_rates (
+        key          TEXT PRIMARY KEY,
+        window_start {float} NOT NULL,
+        starts       INTEGER NOT NULL
+    )""",
+    # Paused queues: claims on every host skip them; running jobs finish.
+    """CREATE TABLE IF NOT EXISTS runner_queues (
+        queue      TEXT PRIMARY KEY,
+        paused     INTEGER NOT NULL DEFAULT 0,
+        changed_at {float} NOT NULL
+    )""",
     # Periodic jobs: the primary key makes each fire time enqueue once across every host.
     """CREATE TABLE IF NOT EXISTS runner_schedule (
         name     TEXT NOT NULL,
@@ -135,6 +155,14 @@ def constraints(d: Dialect) -> list[tuple[str, str]]:
             f"{integer(c='attempt')} AND attempt >= 0 AND {integer(c='lost')} AND lost >= 0 AND {integer(c='priority')}",
         ),
         ("max_attempts_is_positive_or_null", f"max_attempts IS NULL OR ({integer(c='max_attempts')} AND max_attempts >= 1)"),
+        (
+            "limits_have_a_key_and_a_positive_limit",
+            "(concurrency_key IS NULL) = (concurrency_limit IS NULL)"
+            f" AND (concurrency_limit IS NULL OR ({integer(c='concurrency_limit')} AND concurrency_limit >= 1))"
+            " AND (rate_key IS NULL) = (rate_limit IS NULL) AND (rate_key IS NULL) = (rate_period IS NULL)"
+            f" AND (rate_limit IS NULL OR ({integer(c='rate_limit')} AND rate_limit >= 1))"
+            f" AND (rate_period IS NULL OR ({number(c='rate_period')} AND rate_period > 0))",
+        ),
     ]
 
 

@@ -118,6 +118,11 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc
     key_ttl: float | None = None  # not a column: also dedupe against a success this recent (s)
     timeout: float | None = None  # soft limit of this call, seconds (None: the job's own)
     hard_timeout: float | None = None  # hard limit of this call, seconds (None: the job's own)
+    concurrency_key: str | None = None  # limits.py: at most concurrency_limit running per key
+    concurrency_limit: int | None = None
+    rate_key: str | None = None  # at most rate_limit starts per rate_period seconds per key
+    rate_limit: int | None = None
+    rate_period: float | None = None
     parent_id: int | None = None
     root_id: int | None = None
     meta: dict[str, Any] | None = None  # the user's own; runner never reads it

@@ -17,9 +17,9 @@ from .conftest import REPO
 
 def test_public_api_is_pinned() -> None:
     assert sorted(runner.__all__) == [
-        "App", "ArgumentsError", "AttemptRecord", "Call", "CancelResult", "ChildSpec", "ConfigError", "Context",
+        "App", "ArgumentsError", "AttemptRecord", "Call", "CancelResult", "ChildSpec", "ConcurrencyLimit", "ConfigError", "Context",
         "EnqueueError", "Envelope", "ErrorInfo", "JobCancelled", "JobDef", "JobError", "JobExpired", "JobFailed",
-        "JobHandle", "JobInfo", "JobTimeout", "LeaseLost", "PayloadTooLarge", "ResultTimeout", "Retry", "RunnerError",
+        "JobHandle", "JobInfo", "JobTimeout", "LeaseLost", "PayloadTooLarge", "RateLimit", "ResultTimeout", "Retry", "RunnerError",
         "SchemaError", "SerializationError", "Settings", "State", "TimeLimitExceeded", "UnknownJob", "WorkerInfo",
         "create_engine", "session_scope",
     ]  # fmt: skip

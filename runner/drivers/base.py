@@ -228,6 +228,15 @@ class Driver(ABC):
     @abstractmethod
     async def cancel(self, job_id: int) -> CancelResult: ...
 
+    # -- flow control ---------------------------------------------------------------------------
+
+    @abstractmethod
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        """Pause a queue (claims on every host skip it; running jobs finish) or resume it."""
+
+    @abstractmethod
+    async def paused_queues(self) -> list[str]: ...
+
     # -- admin ----------------------------------------------------------------------------------
 
     @abstractmethod

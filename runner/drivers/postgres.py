@@ -60,45 +60,144 @@ _EXTRA_DDL: Final = (
 )
 
 _CLAIM_SET: Final = """
-        state = 'running',
-        attempt = CASE WHEN j.attempt < 2147483647 THEN j.attempt + 1 ELSE j.attempt END,
-        lease_token = CASE WHEN j.lease_token < 9223372036854775807 THEN j.lease_token + 1 ELSE 1 END,
-        lease_owner = $4, lease_expires_at = $5, started_at = $2, cancel_requested = 0"""
-_RETURNING: Final = claim_columns("j.")
+            state = 'running',
+            attempt = CASE WHEN j.attempt < 2147483647 THEN j.attempt + 1 ELSE j.attempt END,
+            lease_token = CASE WHEN j.lease_token < 9223372036854775807 THEN j.lease_token + 1 ELSE 1 END,
+            lease_owner = p_owner, lease_expires_at = p_until, started_at = v_now, cancel_requested = 0"""
 
-# One queue: the claim index gives the order directly.
-_CLAIM_ONE: Final = f"""
+# The claim, as one function so that it stays one round trip. Flow control (limits.py) needs
+# two snapshots: the candidates are picked and row-locked first (SKIP LOCKED: claimers on other
+# hosts take other rows; keys already at their limit are skipped, so they never block the jobs
+# behind them); then, if any candidate has a key, the keys are locked with transaction-scoped
+# advisory locks -- always in one order, so two claimers cannot deadlock -- and a fresh snapshot
+# (the next statement) counts exactly what is running and started per key. Every claimer of a
+# key holds its lock from that count until its claim commits, so two can never both take the
+# last slot: never more than the limit, on any number of hosts.
+_CLAIM_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION runner_claim(p_queues text[], p_now double precision, p_n integer, p_owner text,
+                                        p_until double precision)
+RETURNS SETOF runner_jobs LANGUAGE plpgsql AS $$
+DECLARE
+    v_ids bigint[];
+    v_keyed boolean;
+    v_keys text[];
+    v_now double precision := p_now;
+BEGIN
+    WITH c AS (
+        SELECT j.id, j.priority, j.run_at, j.concurrency_key, j.rate_key, q.pos
+        FROM (SELECT name, pos FROM unnest(p_queues) WITH ORDINALITY AS u(name, pos)
+              WHERE NOT EXISTS (SELECT 1 FROM runner_queues p WHERE p.queue = u.name AND p.paused = 1)) AS q
+        CROSS JOIN LATERAL (
+            SELECT x.id, x.priority, x.run_at, x.concurrency_key, x.rate_key FROM runner_jobs AS x
+            WHERE x.state = 'queued' AND x.queue = q.name AND x.run_at <= p_now
+              AND (x.concurrency_key IS NULL OR x.concurrency_limit > (
+                    SELECT count(*) FROM runner_jobs AS r WHERE r.state = 'running' AND r.concurrency_key = x.concurrency_key))
+              AND (x.rate_key IS NULL OR x.rate_limit > COALESCE((
+                    SELECT t.starts FROM runner_rates AS t
+                    WHERE t.key = x.rate_key AND t.window_start = floor(p_now / x.rate_period) * x.rate_period), 0))
+            ORDER BY x.priority DESC, x.run_at, x.id
+            LIMIT p_n
+            FOR UPDATE SKIP LOCKED
+        ) AS j
+    )
+    SELECT (SELECT array_agg(c.id ORDER BY c.pos, c.priority DESC, c.run_at, c.id) FROM c),
+           (SELECT bool_or(c.concurrency_key IS NOT NULL OR c.rate_key IS NOT NULL) FROM c),
+           (SELECT array_agg(DISTINCT k) FROM c, unnest(ARRAY['c:' || c.concurrency_key, 'r:' || c.rate_key]) AS k
+            WHERE k IS NOT NULL)
+      INTO v_ids, v_keyed, v_keys;
+    IF v_ids IS NULL THEN
+        RETURN;
+    END IF;
+    IF NOT v_keyed THEN
+        RETURN QUERY
+        UPDATE runner_jobs AS j SET {_CLAIM_SET}
+        FROM (SELECT u.id FROM unnest(v_ids) WITH ORDINALITY AS u(id, ord) ORDER BY u.ord LIMIT p_n) AS a
+        WHERE j.id = a.id
+        RETURNING j.*;
+        RETURN;
+    END IF;
+    PERFORM pg_advisory_xact_lock(7331, h) FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest(v_keys) AS k ORDER BY 1) AS s;
+    -- The clock is read again under the locks: a claimer that waited for them must not start
+    -- jobs in (and count them against) a rate window that another claimer has already closed.
+    v_now := extract(epoch from clock_timestamp());
+    RETURN QUERY
+    WITH c AS (
+        SELECT j.id, u.ord, j.concurrency_key, j.concurrency_limit, j.rate_key, j.rate_limit, j.rate_period,
+               row_number() OVER (PARTITION BY j.concurrency_key ORDER BY u.ord) AS rc,
+               row_number() OVER (PARTITION BY j.rate_key ORDER BY u.ord) AS rr
+        FROM unnest(v_ids) WITH ORDINALITY AS u(id, ord) JOIN runner_jobs AS j ON j.id = u.id
+    ), allowed AS (
+        SELECT c.id, c.ord FROM c
+        WHERE (c.concurrency_key IS NULL OR c.rc <= c.concurrency_limit - (
+                SELECT count(*) FROM runner_jobs AS r WHERE r.state = 'running' AND r.concurrency_key = c.concurrency_key))
+          AND (c.rate_key IS NULL OR c.rr <= c.rate_limit - COALESCE((
+                SELECT t.starts FROM runner_rates AS t
+                WHERE t.key = c.rate_key AND t.window_start >= floor(v_now / c.rate_period) * c.rate_period), 0))
+        ORDER BY c.ord
+        LIMIT p_n
+    ), claimed AS (
+        UPDATE runner_jobs AS j SET {_CLAIM_SET}
+        FROM allowed AS a WHERE j.id = a.id
+        RETURNING j.*
+    ), bumped AS (
+        INSERT INTO runner_rates AS t (key, window_start, starts)
+        SELECT rate_key, max(floor(v_now / rate_period) * rate_period), count(*) FROM claimed
+        WHERE rate_key IS NOT NULL GROUP BY rate_key
+        ON CONFLICT (key) DO UPDATE SET
+            starts = CASE WHEN excluded.window_start > t.window_start THEN excluded.starts ELSE t.starts + excluded.starts END,
+            window_start = GREATEST(t.window_start, excluded.window_start)
+    )
+    SELECT * FROM claimed;
+END $$"""
+_CLAIM: Final = f"SELECT {claim_columns()} FROM runner_claim($1::text[], $2, $3, $4, $5)"
+
+# The common case in one plain statement: no candidate has a key. If one has, this claims
+# nothing and returns one marker row (id NULL): the driver then claims through the function,
+# which serialises per key. So a keyed job can never be claimed past its limit by this path.
+_PLAIN_SET: Final = _CLAIM_SET.replace("p_owner", "$4").replace("p_until", "$5").replace("v_now", "$2")
+_NULLS: Final = ", ".join(["NULL"] * len(claim_columns().split(", ")))
+_CLAIM_PLAIN_ONE: Final = f"""
     WITH picked AS (
-        SELECT id FROM runner_jobs
+        SELECT id, concurrency_key, rate_key FROM runner_jobs
         WHERE state = 'queued' AND queue = $1 AND run_at <= $2
+          AND NOT EXISTS (SELECT 1 FROM runner_queues WHERE queue = $1 AND paused = 1)
         ORDER BY priority DESC, run_at, id
         LIMIT $3
         FOR UPDATE SKIP LOCKED
+    ), keyed AS (
+        SELECT EXISTS (SELECT 1 FROM picked WHERE concurrency_key IS NOT NULL OR rate_key IS NOT NULL) AS yes
+    ), claimed AS (
+        UPDATE runner_jobs AS j SET {_PLAIN_SET}
+        FROM picked, keyed WHERE j.id = picked.id AND NOT keyed.yes
+        RETURNING j.*
     )
-    UPDATE runner_jobs AS j SET {_CLAIM_SET}
-    FROM picked WHERE j.id = picked.id
-    RETURNING {_RETURNING}
+    SELECT {claim_columns()} FROM claimed
+    UNION ALL SELECT {_NULLS} FROM keyed WHERE keyed.yes
 """
-
-# Several queues, earlier ones first: each LATERAL branch walks its queue's claim index. Rows
-# locked by a branch but not picked are released when the statement ends.
-_CLAIM_MANY: Final = f"""
+_CLAIM_PLAIN_MANY: Final = f"""
     WITH picked AS (
-        SELECT c.id FROM unnest($1::text[]) WITH ORDINALITY AS q(name, position)
+        SELECT c.id, c.concurrency_key, c.rate_key FROM unnest($1::text[]) WITH ORDINALITY AS q(name, position)
         CROSS JOIN LATERAL (
-            SELECT id FROM runner_jobs
+            SELECT id, concurrency_key, rate_key FROM runner_jobs
             WHERE state = 'queued' AND queue = q.name AND run_at <= $2
+              AND NOT EXISTS (SELECT 1 FROM runner_queues p WHERE p.queue = q.name AND p.paused = 1)
             ORDER BY priority DESC, run_at, id
             LIMIT $3
             FOR UPDATE SKIP LOCKED
         ) AS c
         ORDER BY q.position
         LIMIT $3
+    ), keyed AS (
+        SELECT EXISTS (SELECT 1 FROM picked WHERE concurrency_key IS NOT NULL OR rate_key IS NOT NULL) AS yes
+    ), claimed AS (
+        UPDATE runner_jobs AS j SET {_PLAIN_SET}
+        FROM picked, keyed WHERE j.id = picked.id AND NOT keyed.yes
+        RETURNING j.*
     )
-    UPDATE runner_jobs AS j SET {_CLAIM_SET}
-    FROM picked WHERE j.id = picked.id
-    RETURNING {_RETURNING}
+    SELECT {claim_columns()} FROM claimed
+    UNION ALL SELECT {_NULLS} FROM keyed WHERE keyed.yes
 """
+KEYED_FOR: Final = 5.0  # seconds a driver keeps claiming through the function once it met keys
 
 _RENEW: Final = """
     UPDATE runner_jobs AS j SET lease_expires_at = $3
@@ -170,14 +269,17 @@ _INSERT_ONE: Final = f"INSERT INTO runner_jobs ({_INSERT_NAMES}) VALUES ({_INSER
 _INSERT_MANY: Final = text(
     """
     INSERT INTO runner_jobs (id, v, name, args, kwargs, queue, priority, max_attempts, run_at, expires_at, timeout,
-                             hard_timeout, key, parent_id, root_id, meta, callbacks, created_at)
+                             hard_timeout, concurrency_key, concurrency_limit, rate_key, rate_limit, rate_period, key,
+                             parent_id, root_id, meta, callbacks, created_at)
     SELECT x.id, x.v, x.name, x.args::text, x.kwargs::text, x.queue, x.priority, x.max_attempts, x.run_at,
-           x.expires_at, x.timeout, x.hard_timeout, x.key, x.parent_id, x.root_id, x.meta::text, x.callbacks::text,
-           x.created_at
+           x.expires_at, x.timeout, x.hard_timeout, x.concurrency_key, x.concurrency_limit, x.rate_key, x.rate_limit,
+           x.rate_period, x.key, x.parent_id, x.root_id, x.meta::text, x.callbacks::text, x.created_at
     FROM json_to_recordset(CAST(:rows AS json)) AS x(
         id bigint, v integer, name text, args json, kwargs json, queue text, priority integer, max_attempts integer,
         run_at double precision, expires_at double precision, timeout double precision, hard_timeout double precision,
-        key text, parent_id bigint, root_id bigint, meta json, callbacks json, created_at double precision)
+        concurrency_key text, concurrency_limit integer, rate_key text, rate_limit integer,
+        rate_period double precision, key text, parent_id bigint, root_id bigint, meta json, callbacks json,
+        created_at double precision)
     """
 )
 # The sequence is named once, as a regclass constant: pg_get_serial_sequence() per row costs
@@ -205,6 +307,7 @@ class PostgresDriver(SQLDriver):
     def __init__(self, engine: AsyncEngine, *, url: str, max_payload: int = 1 << 20) -> None:
         super().__init__(engine, max_payload=max_payload)
         self.url = url
+        self._keyed_until = 0.0
 
     def _autocommit_options(self) -> dict[str, Any]:
         return {"isolation_level": "AUTOCOMMIT"}
@@ -232,6 +335,7 @@ class PostgresDriver(SQLDriver):
             await upgrade_postgres(conn, constraints(DIALECT))
         for statement in (job_table(DIALECT), *job_indexes(), *side_tables(DIALECT), workers_table(DIALECT), *_EXTRA_DDL):
             await conn.execute(text(statement))
+        await conn.exec_driver_sql(_CLAIM_FUNCTION)
 
     # -- enqueue --------------------------------------------------------------------------------
 
@@ -278,10 +382,13 @@ class PostgresDriver(SQLDriver):
     async def claim(self, owner: str, queues: Sequence[str], n: int, lease_ttl: float) -> list[Attempt | BadRow]:
         now = time.time()
         async with self._raw() as pg:
-            if len(queues) == 1:
-                rows = await pg.fetch(_CLAIM_ONE, queues[0], now, n, owner, now + lease_ttl)
-            else:
-                rows = await pg.fetch(_CLAIM_MANY, list(queues), now, n, owner, now + lease_ttl)
+            if time.monotonic() >= self._keyed_until:
+                plain = _CLAIM_PLAIN_ONE if len(queues) == 1 else _CLAIM_PLAIN_MANY
+                rows = await pg.fetch(plain, queues[0] if len(queues) == 1 else list(queues), now, n, owner, now + lease_ttl)
+                if not rows or rows[-1][0] is not None:
+                    return self._decode(rows)
+                self._keyed_until = time.monotonic() + KEYED_FOR  # keys are about: straight to the function
+            rows = await pg.fetch(_CLAIM, list(queues), now, n, owner, now + lease_ttl)
         return self._decode(rows)
 
     async def renew(self, held: Mapping[int, int], lease_ttl: float) -> set[int]:
@@ -374,7 +481,8 @@ def _copy_records(envelopes: Sequence[Envelope], now: float, max_payload: int) -
                 append((
                     env.v or PROTOCOL_VERSION, env.name, args.decode(), kwargs.decode(), env.queue, env.priority,
                     env.max_attempts, now if env.run_at is None else env.run_at, env.expires_at, env.timeout,
-                    env.hard_timeout, None, env.parent_id, env.root_id, None if meta is None else meta.decode(),
+                    env.hard_timeout, env.concurrency_key, env.concurrency_limit, env.rate_key, env.rate_limit,
+                    env.rate_period, None, env.parent_id, env.root_id, None if meta is None else meta.decode(),
                     None if callbacks is None else callbacks.decode(), now,
                 ))  # fmt: skip
     except (TypeError, msgspec.EncodeError, OverflowError, ValueError, RecursionError):

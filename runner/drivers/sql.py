@@ -39,7 +39,8 @@ log = logging.getLogger("runner.drivers")
 
 INSERT_COLUMNS: Final = (
     "v", "name", "args", "kwargs", "queue", "priority", "max_attempts", "run_at", "expires_at", "timeout",
-    "hard_timeout", "key", "parent_id", "root_id", "meta", "callbacks", "created_at",
+    "hard_timeout", "concurrency_key", "concurrency_limit", "rate_key", "rate_limit", "rate_period", "key",
+    "parent_id", "root_id", "meta", "callbacks", "created_at",
 )  # fmt: skip
 _COLS = ", ".join(INSERT_COLUMNS)
 _VALUES = ", ".join(f":{c}" for c in INSERT_COLUMNS)
@@ -119,6 +120,11 @@ _WORKERS = text(
     "SELECT owner, node, pid, pid_started, boot_id, queues, concurrency, started_at, seen_at, done, rss_kb, running"
     " FROM runner_workers WHERE seen_at >= :since ORDER BY owner"
 )
+_SET_PAUSED: Final = text(
+    "INSERT INTO runner_queues (queue, paused, changed_at) VALUES (:queue, :paused, :now)"
+    " ON CONFLICT (queue) DO UPDATE SET paused = excluded.paused, changed_at = excluded.changed_at"
+)
+_PAUSED: Final = text("SELECT queue FROM runner_queues WHERE paused = 1 ORDER BY queue")
 _BY_ID: Final = "id = :id"
 _BY_IDS: Final = "id IN :ids"
 _BY_PARENT: Final = "parent_id = :id ORDER BY id"
@@ -421,6 +427,16 @@ class SQLDriver(Driver):
         async with self._auto.connect() as conn:
             return int((await conn.execute(_FINISHED_SINCE, {"since": since})).scalar() or 0)
 
+    # -- flow control -----------------------------------------------------------------------------
+
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        async with self._auto.connect() as conn:
+            await conn.execute(_SET_PAUSED, {"queue": queue, "paused": 1 if paused else 0, "now": time.time()})
+
+    async def paused_queues(self) -> list[str]:
+        async with self._auto.connect() as conn:
+            return [str(q) for (q,) in (await conn.execute(_PAUSED)).all()]
+
     # -- changes by people ------------------------------------------------------------------------
 
     async def cancel(self, job_id: int) -> CancelResult:
@@ -498,6 +514,11 @@ def insert_row(env: Envelope, now: float, max_payload: int) -> dict[str, Any]:
         "expires_at": env.expires_at,
         "timeout": env.timeout,
         "hard_timeout": env.hard_timeout,
+        "concurrency_key": env.concurrency_key,
+        "concurrency_limit": env.concurrency_limit,
+        "rate_key": env.rate_key,
+        "rate_limit": env.rate_limit,
+        "rate_period": env.rate_period,
         "key": env.key,
         "key_since": None if env.key_ttl is None else now - env.key_ttl,
         "parent_id": env.parent_id,

@@ -39,7 +39,7 @@ from ..decide import Outcome
 from ..schema import Dialect, job_indexes, job_table, side_tables, workers_table
 from ..wire import MAX_HISTORY, Attempt, BadRow
 from .base import CancelResult, JobRow, WorkerRow
-from .sql import JOB_COLUMNS, SQLDriver, claim_columns, outcome_params
+from .sql import INSERT_COLUMNS, JOB_COLUMNS, SQLDriver, claim_columns, outcome_params
 
 __all__ = ["SQLiteDriver", "control_path"]
 
@@ -56,32 +56,64 @@ DIALECT: Final = Dialect(
     is_integer="typeof({c}) = 'integer'",
 )
 
+_INSERT_NAMES: Final = ", ".join(INSERT_COLUMNS)
+_INSERT_VALUES: Final = ", ".join(f":{c}" for c in INSERT_COLUMNS)
 _CLAIM_SET: Final = """
         state = 'running',
         attempt = CASE WHEN attempt < 2147483647 THEN attempt + 1 ELSE attempt END,
         lease_token = CASE WHEN lease_token < 9223372036854775807 THEN lease_token + 1 ELSE 1 END,
-        lease_owner = :owner, lease_expires_at = :lease_until, started_at = :now, cancel_requested = 0"""
+        lease_owner = :owner, lease_expires_at = :lease_until, started_at = ((julianday('now') - 2440587.5) * 86400.0),
+        cancel_requested = 0"""
 _RETURNING: Final = claim_columns(blob=True)
-_CLAIM_ONE: Final = text(
-    f"""
+# One arm per queue, each walking its queue's claim index. Paused queues and keys already at
+# their limit are skipped here, so they never block the jobs behind them.
+_ARM: Final = (
+    "SELECT * FROM (SELECT id, {i} AS position, priority, run_at, concurrency_key, concurrency_limit, rate_key,"
+    " rate_limit, rate_period FROM runner_jobs AS x WHERE state = 'queued' AND queue = :q{i} AND run_at <= :now"
+    " AND NOT EXISTS (SELECT 1 FROM runner_queues AS p WHERE p.queue = :q{i} AND p.paused = 1)"
+    " AND (concurrency_key IS NULL OR concurrency_limit > (SELECT count(*) FROM runner_jobs AS r"
+    " WHERE r.state = 'running' AND r.concurrency_key = x.concurrency_key))"
+    " AND (rate_key IS NULL OR rate_limit > COALESCE((SELECT t.starts FROM runner_rates AS t WHERE t.key = x.rate_key"
+    " AND t.window_start = CAST(:now / x.rate_period AS INTEGER) * x.rate_period), 0))"
+    " ORDER BY priority DESC, run_at, id LIMIT :n)"
+)
+# The claim is one statement, and SQLite has one writer: the counts below are exact, and a
+# key's candidates are ranked so that one claim never takes more than its free slots. Its
+# start time is SQLite's own clock, read when the statement runs (it waited for the write lock):
+# a rate window another claimer has moved past is never reopened.
+_CLAIM_HEAD: Final = f"""
     UPDATE runner_jobs SET {_CLAIM_SET}
     WHERE id IN (
-        SELECT id FROM runner_jobs
-        WHERE state = 'queued' AND queue = :q0 AND run_at <= :now
-        ORDER BY priority DESC, run_at, id
+        SELECT id FROM (
+            SELECT c.*,
+                row_number() OVER (PARTITION BY c.concurrency_key ORDER BY c.position, c.priority DESC, c.run_at, c.id) AS rc,
+                row_number() OVER (PARTITION BY c.rate_key ORDER BY c.position, c.priority DESC, c.run_at, c.id) AS rr
+            FROM ("""
+_CLAIM_TAIL: Final = f""") AS c
+        ) AS k
+        WHERE (k.concurrency_key IS NULL OR k.rc <= k.concurrency_limit - (
+                SELECT count(*) FROM runner_jobs AS r WHERE r.state = 'running' AND r.concurrency_key = k.concurrency_key))
+          AND (k.rate_key IS NULL OR k.rr <= k.rate_limit - COALESCE((
+                SELECT t.starts FROM runner_rates AS t WHERE t.key = k.rate_key
+                AND t.window_start >= CAST(((julianday('now') - 2440587.5) * 86400.0) / k.rate_period AS INTEGER) * k.rate_period), 0))
+        ORDER BY k.position, k.priority DESC, k.run_at, k.id
         LIMIT :n
     )
     RETURNING {_RETURNING}
-    """
-)
-# Several queues, earlier ones first: one arm per queue, each walking its claim index.
-_ARM: Final = (
-    "SELECT id, {i} AS position FROM (SELECT id FROM runner_jobs WHERE state = 'queued' AND queue = :q{i}"
-    " AND run_at <= :now ORDER BY priority DESC, run_at, id LIMIT :n)"
-)
-_CLAIM_MANY_HEAD: Final = f"UPDATE runner_jobs SET {_CLAIM_SET} WHERE id IN (SELECT id FROM ("
-_CLAIM_MANY_TAIL: Final = f") ORDER BY position LIMIT :n) RETURNING {_RETURNING}"
-
+"""
+# A start counts against its key's rate in the statement that claims it (a trigger: atomic with
+# the claim, and free for rows without a rate key).
+_RATE_TRIGGER: Final = """
+    CREATE TRIGGER IF NOT EXISTS runner_jobs_rate_start AFTER UPDATE OF state ON runner_jobs
+    WHEN NEW.state = 'running' AND NEW.rate_key IS NOT NULL
+    BEGIN
+        INSERT INTO runner_rates (key, window_start, starts)
+        VALUES (NEW.rate_key, CAST(NEW.started_at / NEW.rate_period AS INTEGER) * NEW.rate_period, 1)
+        ON CONFLICT (key) DO UPDATE SET
+            starts = CASE WHEN excluded.window_start > window_start THEN 1 ELSE starts + 1 END,
+            window_start = max(window_start, excluded.window_start);
+    END
+"""
 _HELD_BY: Final = text(f"SELECT {_RETURNING} FROM runner_jobs WHERE state = 'running' AND lease_owner = :owner")
 _RUNNING_PAST: Final = text(
     f"SELECT {_RETURNING} FROM runner_jobs WHERE state = 'running'"
@@ -111,12 +143,7 @@ _FINISH: Final = text(
     WHERE id = :id AND lease_token = :token AND state = 'running'
     """
 )
-_INSERT_ID: Final = text(
-    "INSERT INTO runner_jobs (id, v, name, args, kwargs, queue, priority, max_attempts, run_at, expires_at, timeout,"
-    " hard_timeout, key, parent_id, root_id, meta, callbacks, created_at)"
-    " VALUES (:id, :v, :name, :args, :kwargs, :queue, :priority, :max_attempts, :run_at, :expires_at, :timeout,"
-    " :hard_timeout, :key, :parent_id, :root_id, :meta, :callbacks, :created_at)"
-)
+_INSERT_ID: Final = text(f"INSERT INTO runner_jobs (id, {_INSERT_NAMES}) VALUES (:id, {_INSERT_VALUES})")
 _LAST_ID: Final = text(
     "SELECT max(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'runner_jobs'), 0),"
     " COALESCE((SELECT max(id) FROM runner_jobs), 0))"
@@ -212,7 +239,7 @@ class SQLiteDriver(SQLDriver):
             from .migrate_v1 import upgrade_sqlite
 
             await upgrade_sqlite(conn, job_table(DIALECT, "runner_jobs_v2"))
-        for statement in (job_table(DIALECT), *job_indexes(), *side_tables(DIALECT)):
+        for statement in (job_table(DIALECT), *job_indexes(), *side_tables(DIALECT), _RATE_TRIGGER):
             await conn.execute(text(statement))
 
     async def migrate(self) -> tuple[int, int]:
@@ -252,13 +279,11 @@ class SQLiteDriver(SQLDriver):
         return self._decode(rows)
 
     def _claim_statement(self, queues: int) -> Any:
-        if queues == 1:
-            return _CLAIM_ONE
         key = f"claim:{queues}"
         statement = self._statements.get(key)
         if statement is None:
             arms = " UNION ALL ".join(_ARM.replace("{i}", str(i)) for i in range(queues))
-            statement = self._statements[key] = text(_CLAIM_MANY_HEAD + arms + _CLAIM_MANY_TAIL)
+            statement = self._statements[key] = text(_CLAIM_HEAD + arms + _CLAIM_TAIL)
         return statement
 
     async def renew(self, held: Mapping[int, int], lease_ttl: float) -> set[int]:

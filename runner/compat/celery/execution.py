@@ -2,7 +2,7 @@
 
 ``make_entry(task)`` builds the ``async def`` that runner registers for a task. Per attempt it:
 rebuilds Celery's ``request`` from the runner ``Context`` (``retries = attempt - 1``, the task id,
-parent/root ids, headers, eta), waits on the task's ``rate_limit`` (per worker process), then runs
+parent/root ids, headers, eta), then runs
 ``_trace`` -- prerun signal, ``before_start``, the body, autoretry, ``on_success``/``on_failure``/
 ``on_retry``, ``after_return``, the success/failure/retry signals, postrun -- on the worker's loop
 for ``async def`` bodies, or in its thread pool for ``def`` bodies (``bridge.run_sync_body``), and
@@ -22,7 +22,6 @@ import logging
 import random
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Generator
 from contextvars import ContextVar
@@ -267,38 +266,6 @@ def _resolve_eager(awaitable: Awaitable[Any]) -> Any:
 # -- the runner job behind each task --------------------------------------------------------------
 
 
-class _RateLimiter:
-    """``rate_limit="10/s"`` (or ``/m``, ``/h``, or a number per second), per worker process."""
-
-    def __init__(self, spec: str | float) -> None:
-        if isinstance(spec, str):
-            number, _, unit = spec.partition("/")
-            per = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}[unit.strip().lower()[:1]]
-            rate = float(number) / per
-        else:
-            rate = float(spec)
-        self.interval = 1.0 / rate if rate > 0 else 0.0
-        self.next_at = 0.0
-
-    async def acquire(self) -> None:
-        now = time.monotonic()
-        at = max(now, self.next_at)
-        self.next_at = at + self.interval
-        if at > now:
-            await anyio.sleep(at - now)
-
-
-def _limiter(task: Task) -> _RateLimiter | None:
-    spec = task.rate_limit or task.app.conf.get("task_default_rate_limit")
-    if not spec:
-        return None
-    limiters = task.app._rate_limiters
-    limiter = limiters.get(task.name)
-    if limiter is None:
-        limiter = limiters[task.name] = _RateLimiter(spec)
-    return limiter
-
-
 async def _row(task: Task, job_id: int) -> Any:
     from .producer import store_for
 
@@ -371,9 +338,6 @@ async def execute(task: Task, ctx: RunnerContext, args: list[Any], kwargs: dict[
         ignore_result=bool(meta.get("ignore_result", task.ignore_result)),
         job_id=ctx.job_id, state=state, runner_ctx=ctx, progress=progress,
     )  # fmt: skip
-    limiter = _limiter(task)
-    if limiter is not None:
-        await limiter.acquire()
     trace = _trace(task, request, tuple(args), dict(kwargs))
     if _is_async(task):
         outcome = await _drive_async(trace, state)

@@ -92,6 +92,20 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+def celery_rate(spec: Any) -> Any:
+    """Celery's ``rate_limit`` ("10/s", "100/m", "5/h", or a number per second) as runner's
+    RateLimit for the task, enforced across every worker and host (Celery's is per worker)."""
+    if spec in (None, "", 0):
+        return None
+    from ....limits import RateLimit
+
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        per_second = float(spec)
+        return RateLimit((max(1, round(per_second)), 1.0)) if per_second >= 1 else RateLimit((1, 1.0 / per_second))
+    number, _, unit = str(spec).partition("/")
+    return RateLimit(f"{number.strip()}/{unit.strip() or 's'}")
+
+
 def _seconds(value: Any) -> float | None:
     if value is None:
         return None
@@ -143,7 +157,6 @@ class Celery:
         self._finalized = False
         self._autodiscover: list[tuple[Any, str]] = []
         self._applied_broker: str | None = None
-        self._rate_limiters: dict[str, Any] = {}
         self.worker_info: WorkerInfo | None = None
         base = task_cls if isinstance(task_cls, type) else Task
         self.Task: type[Task] = type("Task", (base,), {"app": self, "__module__": base.__module__, "abstract": True})
@@ -294,6 +307,7 @@ class Celery:
             hard_timeout=_seconds(task.time_limit if task.time_limit is not None else self.conf.task_time_limit),
             expires=task.expires if isinstance(task.expires, (int, float, timedelta)) else None,
             ignore_result=bool(task.ignore_result or self.conf.task_ignore_result),
+            rate=celery_rate(task.rate_limit or self.conf.get("task_default_rate_limit")),
         )
         task._job = job
 
