@@ -94,16 +94,18 @@ def _aware(value: datetime) -> datetime:
 
 def celery_rate(spec: Any) -> Any:
     """Celery's ``rate_limit`` ("10/s", "100/m", "5/h", or a number per second) as runner's
-    RateLimit for the task, enforced across every worker and host (Celery's is per worker)."""
+    RateLimit for the task, enforced across every worker and host (Celery's is per worker).
+    Celery spaces starts evenly (a token bucket), so "10/s" becomes one start per 0.1 s window."""
     if spec in (None, "", 0):
         return None
-    from ....limits import RateLimit
+    from ....limits import RateLimit, parse_rate
 
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
         per_second = float(spec)
-        return RateLimit((max(1, round(per_second)), 1.0)) if per_second >= 1 else RateLimit((1, 1.0 / per_second))
+        return RateLimit((1, 1.0 / per_second)) if per_second > 0 else None
     number, _, unit = str(spec).partition("/")
-    return RateLimit(f"{number.strip()}/{unit.strip() or 's'}")
+    starts, period = parse_rate(f"{number.strip()}/{unit.strip() or 's'}")
+    return RateLimit((1, period / starts))
 
 
 def _seconds(value: Any) -> float | None:
