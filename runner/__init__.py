@@ -16,7 +16,7 @@ event loop and one engine, with a session scoped to every attempt.
 from __future__ import annotations
 
 from .app import App, Call, Context, JobDef, WorkerInfo
-from .client import CancelResult, JobHandle, JobInfo
+from .client import CancelResult, GroupHandle, JobHandle, JobInfo
 from .errors import (
     ArgumentsError,
     ConfigError,
@@ -40,6 +40,7 @@ from .limits import ConcurrencyLimit, RateLimit
 from .session import create_engine, session_scope
 from .settings import Settings
 from .wire import AttemptRecord, ChildSpec, Envelope, ErrorInfo, State
+from .workflows import chain, chord, group
 
 __all__ = [
     "App",
@@ -54,6 +55,7 @@ __all__ = [
     "EnqueueError",
     "Envelope",
     "ErrorInfo",
+    "GroupHandle",
     "JobCancelled",
     "JobDef",
     "JobError",
@@ -75,7 +77,10 @@ __all__ = [
     "TimeLimitExceeded",
     "UnknownJob",
     "WorkerInfo",
+    "chain",
+    "chord",
     "create_engine",
+    "group",
     "session_scope",
 ]
 

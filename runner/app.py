@@ -22,7 +22,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .client import Client, JobHandle
+from .client import Client, GroupHandle, JobHandle
 from .errors import ArgumentsError, ConfigError, UnknownJob
 from .gc_pause import paused_gc
 from .limits import ConcurrencyLimit, RateLimit, compute_key
@@ -30,6 +30,7 @@ from .policy import INT32_MAX, Backoff, Policy
 from .schedules import Cron, Every, Missed, parse_schedule
 from .settings import check_url
 from .wire import Callbacks, ChildSpec, Envelope
+from .workflows import Group, check_parent_failure, ids_of, plan
 
 __all__ = ["App", "BoundOptions", "Call", "Context", "JobDef", "JobOptions", "Lifespan", "Periodic", "WorkerInfo"]
 
@@ -108,9 +109,12 @@ class JobOptions:
     root_id: int | None = None
     meta: dict[str, Any] | None = None
     session: AsyncSession | None = None  # enqueue inside the caller's transaction
-    on_success: Call | ChildSpec | Sequence[Call | ChildSpec] | None = None  # enqueued when it succeeds, result first
+    on_success: Any = None  # a call (or workflow step) run after this one succeeds, its result first
     on_failure: Call | ChildSpec | Sequence[Call | ChildSpec] | None = None  # enqueued when it fails for good, its id first
-    immutable: bool = False  # when this call is chained: do not prepend the parent's result
+    immutable: bool = False  # when this call follows another: do not prepend the parent's result
+    depends_on: Sequence[Any] | None = None  # JobHandles or ids: start only when all of them have finished
+    on_parent_failure: str | None = None  # when a parent fails: "fail" (default), "cancel" or "run"
+    with_results: bool = False  # with depends_on: prepend the list of the parents' results
 
 
 OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(JobOptions))
@@ -165,6 +169,7 @@ class Call:
         """The row this call writes. Every option is checked here, the same way for every
         database, so a bad one is an ``ArgumentsError`` naming it and what is accepted."""
         job, opts = self.job, self.options
+        check_arguments = check_arguments and not (opts.depends_on and opts.with_results)  # results come first, later
         bound = job.bind(self.args, self.kwargs) if check_arguments or job.keyed else None
         run_at = None
         if opts.eta is not None:
@@ -195,7 +200,26 @@ class Call:
             root_id=None if opts.root_id is None else _int("root_id", opts.root_id, -(2**63) + 1, 2**63 - 1),
             meta=self._meta(),
             callbacks=self._callbacks(),
+            **self._dependencies(),
         )
+
+    def _dependencies(self) -> dict[str, Any]:
+        opts = self.options
+        if opts.depends_on is None:
+            if opts.with_results or opts.on_parent_failure is not None:
+                raise _bad(
+                    "with_results" if opts.with_results else "on_parent_failure",
+                    opts.with_results or opts.on_parent_failure,
+                    "only with depends_on=[...]",
+                )
+            return {}
+        if isinstance(opts.depends_on, (str, bytes)) or not isinstance(opts.depends_on, Sequence) or not opts.depends_on:
+            raise _bad("depends_on", opts.depends_on, "a non-empty list of JobHandles or job ids")
+        return {
+            "after": ids_of(opts.depends_on),
+            "on_parent_failure": check_parent_failure(opts.on_parent_failure or "fail"),
+            "with_results": "list" if opts.with_results else None,
+        }
 
     def _meta(self) -> dict[str, Any] | None:
         meta = self.options.meta
@@ -204,21 +228,28 @@ class Call:
         return meta
 
     def _callbacks(self) -> Callbacks | None:
-        success = _specs("on_success", self.options.on_success)
         failure = _specs("on_failure", self.options.on_failure)
-        return Callbacks(on_success=success, on_failure=failure) if success or failure else None
+        return Callbacks(on_failure=failure) if failure else None
 
     def chained(self) -> ChildSpec:
-        """This call as a chained job in its parent's row. Its arguments are checked when it
-        runs, since the parent's result is prepended to them then."""
+        """This call as an errback in its parent's row. Its arguments are checked when it runs,
+        since the parent's id is prepended to them then."""
         env = self.envelope(0.0, check_arguments=False)
-        callbacks = env.callbacks or Callbacks()
         return ChildSpec(
             name=env.name, args=env.args, kwargs=env.kwargs, queue=env.queue, priority=env.priority,
             max_attempts=env.max_attempts, key=env.key, timeout=env.timeout, hard_timeout=env.hard_timeout,
-            meta=env.meta, immutable=bool(self.options.immutable), on_success=callbacks.on_success,
-            on_failure=callbacks.on_failure,
+            meta=env.meta, immutable=bool(self.options.immutable),
         )  # fmt: skip
+
+
+def _shifted(envelopes: list[Envelope], offset: int) -> list[Envelope]:
+    """A plan's envelopes placed at ``offset`` in a larger batch: their positions move too."""
+    if not offset:
+        return envelopes
+    return [
+        msgspec.structs.replace(e, after_batch=tuple(i + offset for i in e.after_batch)) if e.after_batch else e
+        for e in envelopes
+    ]
 
 
 def _specs(option: str, value: Any) -> tuple[ChildSpec, ...]:
@@ -706,8 +737,32 @@ class App:
         session = session or next((c.options.session for c in calls if c.options.session is not None), None)
         now = time.time()
         with paused_gc():
-            envelopes = [c.envelope(now) for c in calls]
-        return await self.client.enqueue(envelopes, session=session)
+            if not any(c.options.on_success is not None for c in calls):
+                envelopes = [c.envelope(now) for c in calls]
+                return await self.client.enqueue(envelopes, session=session)
+            # A call with on_success is a small chain: its successors wait for it in the same batch.
+            envelopes, mine = [], []
+            for call in calls:
+                built, _ = plan(call, now)
+                mine.append(len(envelopes))
+                envelopes += _shifted(built.envelopes, len(envelopes))
+        handles = await self.client.enqueue(envelopes, session=session)
+        return [handles[i] for i in mine]
+
+    def defer_workflow(self, step: Any) -> JobHandle | GroupHandle:
+        """Enqueue a workflow (``group``, ``chain``, ``chord``, any nesting) from sync code."""
+        return self.client.run_sync(self.defer_workflow_async, step)
+
+    async def defer_workflow_async(self, step: Any, *, session: AsyncSession | None = None) -> JobHandle | GroupHandle:
+        """Enqueue every step of a workflow in one transaction; returns the handle of its
+        output: the last job of a chain, the callback of a chord, the members of a group."""
+        built, tails = plan(step, time.time())
+        handles = await self.client.enqueue(built.envelopes, session=session)
+        if isinstance(step, Group) or len(tails) > 1:
+            ids = [handles[i].id for i in tails]
+            gid = step.group_id if isinstance(step, Group) and step.group_id else built.envelopes[tails[0]].group_id
+            return GroupHandle(self.client, ids, gid)
+        return handles[tails[0]]
 
     # -- flow control ------------------------------------------------------------------------------
 

@@ -29,12 +29,12 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .drivers import CancelResult, Driver, JobRow, open_driver
-from .errors import JobCancelled, JobExpired, JobFailed, ResultTimeout, RunnerError
+from .errors import JobCancelled, JobError, JobExpired, JobFailed, ResultTimeout, RunnerError
 from .gc_pause import paused_gc
 from .settings import Settings
 from .wire import AttemptRecord, Envelope, ErrorInfo, State, decode_json
 
-__all__ = ["CancelResult", "Client", "JobHandle", "JobInfo", "in_worker_thread", "outcome_of", "worker_thread"]
+__all__ = ["CancelResult", "Client", "GroupHandle", "JobHandle", "JobInfo", "in_worker_thread", "outcome_of", "worker_thread"]
 
 T = TypeVar("T")
 
@@ -328,6 +328,71 @@ class JobHandle:
 
     def cancel(self) -> CancelResult:
         return self.client.run_sync(self.cancel_async)
+
+
+class GroupHandle:
+    """The jobs of a group (or a workflow's several last steps), as one: ``wait`` returns their
+    results in order. A member that did not succeed raises its error (the first, in member
+    order), unless ``return_exceptions`` puts the exception in its place."""
+
+    __slots__ = ("client", "group_id", "ids")
+
+    def __init__(self, client: Client, ids: Sequence[int], group_id: str | None = None) -> None:
+        self.client = client
+        self.ids = list(ids)
+        self.group_id = group_id
+
+    def __repr__(self) -> str:
+        return f"<GroupHandle {self.group_id or ''} {self.ids}>"
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def handles(self) -> list[JobHandle]:
+        return [JobHandle(self.client, i) for i in self.ids]
+
+    async def states_async(self) -> list[str]:
+        rows = {r.id: r for r in await (await self.client.driver()).get_many(self.ids)}
+        return [rows[i].state if i in rows else "missing" for i in self.ids]
+
+    def states(self) -> list[str]:
+        return self.client.run_sync(self.states_async)
+
+    async def wait_async(self, timeout: float | None = None, *, return_exceptions: bool = False, poll: float = 0.01) -> list[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = poll
+        while True:
+            rows = {r.id: r for r in await (await self.client.driver()).get_many(self.ids)}
+            missing = [i for i in self.ids if i not in rows]
+            if missing:
+                raise RunnerError(f"job {missing[0]} of this group does not exist (purged after --result-ttl?)")
+            if all(rows[i].state in State.FINAL for i in self.ids):
+                return [_outcome_or_error(rows[i], return_exceptions) for i in self.ids]
+            if deadline is not None and time.monotonic() >= deadline:
+                done = sum(rows[i].state in State.FINAL for i in self.ids)
+                raise ResultTimeout(f"group: {done} of {len(self.ids)} jobs finished after {timeout}s")
+            await anyio.sleep(delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 0.5)
+
+    def wait(self, timeout: float | None = None, *, return_exceptions: bool = False) -> list[Any]:
+        async def run() -> list[Any]:
+            return await self.wait_async(timeout, return_exceptions=return_exceptions)
+
+        return self.client.run_sync(run)
+
+    async def cancel_async(self) -> list[CancelResult]:
+        driver = await self.client.driver()
+        return [await driver.cancel(i) for i in self.ids]
+
+
+def _outcome_or_error(row: JobRow, return_exceptions: bool) -> Any:
+    try:
+        return outcome_of(row)
+    except JobError as exc:
+        if return_exceptions:
+            return exc
+        raise
 
 
 def outcome_of(row: JobRow) -> Any:

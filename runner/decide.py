@@ -2,17 +2,15 @@
 clock (``now`` is passed in), no randomness (``rand`` is).
 
 This is the only place that applies attempts, backoff, ``retry_on``, ``max_lost``, result and
-payload limits, and ``on_success`` / ``on_failure`` children. Every path that ends an attempt --
+payload limits, and ``on_failure`` children (errbacks). Every path that ends an attempt --
 the job runner, the hard-kill settlement, the expired-lease sweep, the give-back at shutdown --
 builds an event and asks here; drivers only write what comes back.
 
 =================  ==========================================  ================================
 event              attempts left and the error is retryable    otherwise
 =================  ==========================================  ================================
-Returned           succeeded (+ on_success children)           failed (+ on_failure) if the result
-                                                               is not JSON or over --max-result;
-                                                               failed if an on_success child
-                                                               cannot be enqueued
+Returned           succeeded                                   failed (+ on_failure) if the result
+                                                               is not JSON or over --max-result
 Raised             queued at now + backoff                     failed (+ on_failure)
 RetryRequested     queued at now + delay (or backoff)          failed, saying no attempts were
                                                                left (+ on_failure)
@@ -46,7 +44,6 @@ from .wire import (
     Attempt,
     AttemptRecord,
     BadRow,
-    Callbacks,
     ChildSpec,
     Envelope,
     ErrorInfo,
@@ -254,13 +251,7 @@ def _returned(item: Attempt, policy: Policy, value: Any, now: float) -> Outcome:
                 f"the result of {item.name} is {len(result):,} bytes of JSON; the limit is {policy.max_result:,} (--max-result)"
             )
             return _failed_for_good(item, policy, ErrorInfo(type="ResultTooLarge", message=message, attempt=item.attempt), now)
-    try:
-        children = _children(item, item.callbacks.on_success, value, "on_success", policy)
-    except (SerializationError, PayloadTooLarge) as exc:
-        message = f"the job returned, but its on_success chained jobs cannot be enqueued: {exc}"
-        error = ErrorInfo(type=type(exc).__name__, message=message, attempt=item.attempt)
-        return _final(item, State.FAILED, now, error=error)
-    return _final(item, State.SUCCEEDED, now, result=result, children=children)
+    return _final(item, State.SUCCEEDED, now, result=result)
 
 
 def _failed_attempt(item: Attempt, policy: Policy, error: ErrorInfo, *, retryable: bool, now: float, rand: float) -> Outcome:
@@ -365,9 +356,9 @@ def _arguments(value: Any, what: str, policy: Policy) -> bytes:
 
 
 def _children(item: Attempt, specs: Sequence[ChildSpec], value: Any, which: str, policy: Policy) -> tuple[Envelope, ...]:
-    """Envelopes for chained jobs: each gets ``value`` (the parent's result, or for failures the
-    parent's id) prepended to its args unless it is ``immutable``, and the parent/root ids that
-    tie a workflow together. Raises naming the spec when one cannot be enqueued."""
+    """Envelopes for errbacks: each gets ``value`` (the parent's id) prepended to its args unless
+    it is ``immutable``, and the parent/root ids that tie a workflow together. Raises naming the
+    spec when one cannot be enqueued."""
     children = []
     for i, spec in enumerate(specs):
         where = f"{which}[{i}]"
@@ -379,7 +370,6 @@ def _children(item: Attempt, specs: Sequence[ChildSpec], value: Any, which: str,
                 f"arguments of chained job {spec.name} ({where}) would be {size:,} bytes of JSON; "
                 f"the limit is {policy.max_payload:,} (--max-payload)"
             )
-        callbacks = Callbacks(on_success=spec.on_success, on_failure=spec.on_failure)
         children.append(
             Envelope(
                 name=spec.name,
@@ -394,7 +384,6 @@ def _children(item: Attempt, specs: Sequence[ChildSpec], value: Any, which: str,
                 parent_id=item.id,
                 root_id=item.root_id or item.id,
                 meta=spec.meta,
-                callbacks=callbacks or None,
             )  # fmt: skip
         )
     return tuple(children)

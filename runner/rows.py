@@ -38,9 +38,9 @@ __all__ = ["CLAIM_COLUMNS", "decode_row"]
 CLAIM_COLUMNS: Final = (
     "id", "lease_token", "lease_owner", "v", "name", "args", "kwargs", "queue", "priority", "attempt",
     "max_attempts", "lost", "run_at", "expires_at", "timeout", "hard_timeout", "key", "parent_id", "root_id",
-    "meta", "callbacks", "created_at", "started_at",
+    "meta", "callbacks", "created_at", "started_at", "with_results",
 )  # fmt: skip
-TEXT_COLUMNS: Final = frozenset({"lease_owner", "name", "args", "kwargs", "queue", "key", "meta", "callbacks"})
+TEXT_COLUMNS: Final = frozenset({"lease_owner", "name", "args", "kwargs", "queue", "key", "meta", "callbacks", "with_results"})
 INT64_MAX: Final = 2**63 - 1
 
 _callbacks = msgspec.json.Decoder(Callbacks)
@@ -107,6 +107,7 @@ def _attempt(row: dict[str, Any], max_payload: int) -> Attempt:
         callbacks=_decode_callbacks(texts["callbacks"]),
         created_at=_float(row, "created_at"),
         started_at=_float(row, "started_at"),
+        with_results=_choice(row, "with_results", ("one", "list")),
     )
 
 
@@ -158,6 +159,13 @@ def _str(row: dict[str, Any], name: str, *, nullable: bool = False) -> Any:
     return text
 
 
+def _choice(row: dict[str, Any], name: str, accepted: tuple[str, ...]) -> Any:
+    value = _str(row, name, nullable=True)
+    if value is not None and value not in accepted:
+        raise _Bad("SerializationError", f"{name} column holds {value!r}; accepted: {', '.join(accepted)} or NULL")
+    return value
+
+
 def _json(data: bytes | None, name: str, kind: type, accepted: str, *, default: Any) -> Any:
     if data is None:
         if default is not None and name in ("args", "kwargs"):
@@ -185,9 +193,8 @@ def _decode_callbacks(data: bytes | None) -> Callbacks:
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise _Bad(
             "SerializationError",
-            f'callbacks column is not valid ({exc}); accepted: {{"on_success": [job specs], "on_failure": [job specs]}}',
+            f'callbacks column is not valid ({exc}); accepted: {{"on_failure": [job specs]}}',
         ) from None
-    _check_specs(callbacks.on_success, "on_success")
     _check_specs(callbacks.on_failure, "on_failure")
     return callbacks
 
@@ -201,8 +208,6 @@ def _check_specs(specs: Sequence[ChildSpec], where: str) -> None:
                     "SerializationError",
                     f"callbacks column: $.{where}[{i}].{name} contains a NUL character; accepted: text without NUL",
                 )
-        _check_specs(spec.on_success, f"{where}[{i}].on_success")
-        _check_specs(spec.on_failure, f"{where}[{i}].on_failure")
 
 
 def _json_kind(value: Any) -> str:

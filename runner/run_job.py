@@ -48,7 +48,7 @@ from .drivers import Driver
 from .errors import ArgumentsError, JobTimeout, LeaseLost, Retry, SerializationError, describe_exception, type_name
 from .policy import DEFAULT_POLICY, Policy
 from .session import session_scope
-from .wire import Attempt, BadRow, ErrorInfo, State, encode_json
+from .wire import Attempt, BadRow, ErrorInfo, State, decode_json, encode_json
 
 __all__ = ["JobRunner", "Running"]
 
@@ -66,6 +66,10 @@ class Running:
     stop_reason: str | None = None  # "cancelled", "timeout" or "lease lost" once asked to stop
     thread_id: int | None = None  # sync jobs: the thread to interrupt
     started: float = field(default_factory=time.monotonic)
+
+
+class _ParentsGone(Exception):
+    """A workflow step cannot get its parents' results."""
 
 
 class _Unstorable(Exception):
@@ -144,7 +148,12 @@ class JobRunner:
             return
         assert job is not None
         try:
-            bound = job.bind(attempt.args, attempt.kwargs)
+            args = await self._with_parent_results(attempt) if attempt.with_results else attempt.args
+        except _ParentsGone as gone:
+            await self.end(attempt, NotRunnable(ErrorInfo(type="ParentFailed", message=str(gone), attempt=attempt.attempt)))
+            return
+        try:
+            bound = job.bind(args, attempt.kwargs)
         except ArgumentsError as exc:
             await self.end(attempt, NotRunnable(ErrorInfo(type="ArgumentsError", message=str(exc), attempt=attempt.attempt)))
             return
@@ -189,6 +198,26 @@ class JobRunner:
             return Raised(error_info(exc, running.attempt.attempt), type(exc))
         except Exception as exc:
             return Raised(error_info(exc, running.attempt.attempt), type(exc))
+
+    async def _with_parent_results(self, attempt: Attempt) -> list[Any]:
+        """A workflow step's arguments: its parents' results first -- the one parent's (a chain
+        step) or the list of all, in order (a chord's callback; None for a parent that did not
+        succeed, when the step runs anyway)."""
+        parents = await self.driver.parent_results(attempt.id)
+        if not parents:
+            raise _ParentsGone(
+                f"the jobs job {attempt.id} waits for are gone (purged after --result-ttl?); their results cannot be passed"
+            )
+        values = []
+        for parent_id, state, result in parents:
+            if state == State.SUCCEEDED and result is not None:
+                try:
+                    values.append(decode_json(result, f"the result of job {parent_id}"))
+                except SerializationError as exc:
+                    raise _ParentsGone(str(exc)) from None
+            else:
+                values.append(None)
+        return [values[0] if attempt.with_results == "one" else values, *attempt.args]
 
     def _stopped(self, running: Running, timeout: float | None) -> Event | None:
         if running.stop_reason == "cancelled":

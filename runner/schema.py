@@ -22,7 +22,7 @@ __all__ = ["SCHEMA_VERSION", "Dialect", "constraints", "job_indexes", "job_table
 
 SCHEMA_VERSION: Final = 2
 
-STATES: Final = "'queued', 'running', 'succeeded', 'failed', 'cancelled', 'expired'"
+STATES: Final = "'waiting', 'queued', 'running', 'succeeded', 'failed', 'cancelled', 'expired'"
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,15 @@ _COLUMNS = """
     rate_limit   INTEGER,
     rate_period  {float},
     key          TEXT,                                -- idempotency key: one live job per key
-    parent_id    BIGINT,                              -- the job whose ending enqueued this one
+    parent_id    BIGINT,                              -- the job it follows (a chain's previous step, a DAG's first parent)
     root_id      BIGINT,                              -- the first job of its chain or workflow
+    group_id     TEXT,                                -- the group it was enqueued in (workflows.py)
+    waiting_for  INTEGER NOT NULL DEFAULT 0,          -- parents (runner_deps) not finished yet: 'waiting' while > 0
+    on_parent_failure TEXT,                           -- a dependant whose parent failed: 'fail', 'cancel' or 'run'
+    with_results TEXT,                                -- parents' results prepended at run: 'one' (a chain) or 'list' (a chord)
+    has_dependants INTEGER NOT NULL DEFAULT 0,        -- 1: its ending releases the jobs that wait for it
     meta         TEXT,                                -- JSON object: the user's own, never read by runner
-    callbacks    TEXT,                                -- JSON {{"on_success": [..], "on_failure": [..]}}
+    callbacks    TEXT,                                -- JSON {{"on_failure": [job specs]}}: errbacks
     lease_owner  TEXT,                                -- node:supervisor-pid:slot of the running worker
     lease_token  BIGINT  NOT NULL DEFAULT 0,          -- fencing token, +1 per claim; guards every write
     lease_expires_at {float},
@@ -90,6 +95,10 @@ _INDEXES: Final = (
     "CREATE INDEX IF NOT EXISTS runner_jobs_parent ON runner_jobs (parent_id) WHERE parent_id IS NOT NULL",
     # Result retention and "finished in the last minute".
     "CREATE INDEX IF NOT EXISTS runner_jobs_finished ON runner_jobs (finished_at) WHERE finished_at IS NOT NULL",
+    # A workflow's jobs, by its first one (cancel a workflow; its tree on a job's page).
+    "CREATE INDEX IF NOT EXISTS runner_jobs_root ON runner_jobs (root_id) WHERE root_id IS NOT NULL",
+    # The members of a group.
+    "CREATE INDEX IF NOT EXISTS runner_jobs_group ON runner_jobs (group_id) WHERE group_id IS NOT NULL",
     # Concurrency limits: the running jobs of a key, counted by every claim that meets the key.
     "CREATE INDEX IF NOT EXISTS runner_jobs_limited ON runner_jobs (concurrency_key)"
     " WHERE state = 'running' AND concurrency_key IS NOT NULL",
@@ -98,6 +107,14 @@ _INDEXES: Final = (
 _SIDE_TABLES: Final = (
     # Schema version and other small facts.
     "CREATE TABLE IF NOT EXISTS runner_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # Workflows: job_id waits for parent_id; position orders a job's parents (and their results).
+    """CREATE TABLE IF NOT EXISTS runner_deps (
+        parent_id BIGINT NOT NULL,
+        job_id    BIGINT NOT NULL,
+        position  INTEGER NOT NULL,
+        PRIMARY KEY (parent_id, job_id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS runner_deps_job ON runner_deps (job_id, position)",
     # Rate limits: the starts of the current window of each key, bumped by the claim.
     """CREATE TABLE IF NOT EXISTS runner_rates (
         key          TEXT PRIMARY KEY,
@@ -155,6 +172,12 @@ def constraints(d: Dialect) -> list[tuple[str, str]]:
             f"{integer(c='attempt')} AND attempt >= 0 AND {integer(c='lost')} AND lost >= 0 AND {integer(c='priority')}",
         ),
         ("max_attempts_is_positive_or_null", f"max_attempts IS NULL OR ({integer(c='max_attempts')} AND max_attempts >= 1)"),
+        (
+            "dependencies_are_well_formed",
+            f"{integer(c='waiting_for')} AND waiting_for >= 0 AND {integer(c='has_dependants')}"
+            " AND (on_parent_failure IS NULL OR on_parent_failure IN ('fail', 'cancel', 'run'))"
+            " AND (with_results IS NULL OR with_results IN ('one', 'list'))",
+        ),
         (
             "limits_have_a_key_and_a_positive_limit",
             "(concurrency_key IS NULL) = (concurrency_limit IS NULL)"

@@ -55,6 +55,7 @@ Seconds = Annotated[float, msgspec.Meta(gt=0)]
 class State:
     """Job states as stored in ``runner_jobs.state``."""
 
+    WAITING: Final = "waiting"  # waits for parents (runner_deps) to finish: a workflow's later step
     QUEUED: Final = "queued"  # waiting for run_at to pass and a worker to claim it
     RUNNING: Final = "running"  # leased by one worker; lease_token fences every later write
     SUCCEEDED: Final = "succeeded"  # finished; result holds the JSON return value
@@ -62,14 +63,14 @@ class State:
     CANCELLED: Final = "cancelled"  # cancelled by a person or a producer
     EXPIRED: Final = "expired"  # expires_at passed before any worker started it
 
-    ALL: Final = ("queued", "running", "succeeded", "failed", "cancelled", "expired")
+    ALL: Final = ("waiting", "queued", "running", "succeeded", "failed", "cancelled", "expired")
     FINAL: Final = ("succeeded", "failed", "cancelled", "expired")
 
 
 class ChildSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
-    """A job to enqueue when its parent ends: ``on_success`` children get the parent's result
-    prepended to their arguments, ``on_failure`` children the parent's id (unless
-    ``immutable``). Specs nest, so a chain ``a -> b -> c`` is ``a`` carrying ``b`` carrying ``c``."""
+    """A job to enqueue when its parent fails for good (an errback): it gets the parent's id
+    prepended to its arguments unless ``immutable``. (What runs *after success* is a workflow
+    step instead -- a row that waits for its parent, see ``workflows.py``.)"""
 
     name: str
     args: list[Any] = []
@@ -82,19 +83,16 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, f
     hard_timeout: Seconds | None = None
     meta: dict[str, Any] | None = None
     immutable: bool = False
-    on_success: tuple[ChildSpec, ...] = ()
-    on_failure: tuple[ChildSpec, ...] = ()
 
 
 class Callbacks(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
-    """What ``runner_jobs.callbacks`` holds: the jobs to enqueue in the transaction that ends
-    this one, by how it ended."""
+    """What ``runner_jobs.callbacks`` holds: the jobs to enqueue in the transaction that fails
+    this one for good."""
 
-    on_success: tuple[ChildSpec, ...] = ()
     on_failure: tuple[ChildSpec, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.on_success or self.on_failure)
+        return bool(self.on_failure)
 
 
 NO_CALLBACKS: Final = Callbacks()
@@ -127,6 +125,13 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc
     root_id: int | None = None
     meta: dict[str, Any] | None = None  # the user's own; runner never reads it
     callbacks: Callbacks | None = None
+    # Workflows (workflows.py): wait for these jobs -- ids that exist, or the positions of
+    # envelopes earlier in the same enqueue -- and then run, with their results if asked.
+    after: tuple[int, ...] = ()
+    after_batch: tuple[int, ...] = ()
+    on_parent_failure: str | None = None  # "fail" (default), "cancel" or "run"
+    with_results: str | None = None  # "one" (prepend the parent's result) or "list" (of all, in order)
+    group_id: str | None = None
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -177,6 +182,7 @@ class Attempt(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     callbacks: Callbacks
     created_at: float
     started_at: float
+    with_results: str | None = None  # "one" / "list": prepend its parents' results (workflows.py)
 
 
 class BadRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -18,10 +18,10 @@ from .conftest import REPO
 def test_public_api_is_pinned() -> None:
     assert sorted(runner.__all__) == [
         "App", "ArgumentsError", "AttemptRecord", "Call", "CancelResult", "ChildSpec", "ConcurrencyLimit", "ConfigError", "Context",
-        "EnqueueError", "Envelope", "ErrorInfo", "JobCancelled", "JobDef", "JobError", "JobExpired", "JobFailed",
+        "EnqueueError", "Envelope", "ErrorInfo", "GroupHandle", "JobCancelled", "JobDef", "JobError", "JobExpired", "JobFailed",
         "JobHandle", "JobInfo", "JobTimeout", "LeaseLost", "PayloadTooLarge", "RateLimit", "ResultTimeout", "Retry", "RunnerError",
         "SchemaError", "SerializationError", "Settings", "State", "TimeLimitExceeded", "UnknownJob", "WorkerInfo",
-        "create_engine", "session_scope",
+        "chain", "chord", "create_engine", "group", "session_scope",
     ]  # fmt: skip
     public = {
         name

@@ -87,7 +87,10 @@ def overlap(url: str, slack: float = 0.002) -> Counter[str]:
     job's finished_at). ``slack``: SQLite's clock, which stamps started_at, has millisecond
     resolution; a real overshoot overlaps for a whole job (5 ms or more)."""
     events: dict[str, list[tuple[float, int]]] = {}
-    for key, start, end in sql(url, "SELECT concurrency_key, started_at, finished_at FROM runner_jobs WHERE concurrency_key IS NOT NULL AND state = 'succeeded'"):
+    for key, start, end in sql(
+        url,
+        "SELECT concurrency_key, started_at, finished_at FROM runner_jobs WHERE concurrency_key IS NOT NULL AND state = 'succeeded'",
+    ):
         events.setdefault(key, []).extend([(start + slack, 1), (end, -1)])
     peak: Counter[str] = Counter()
     for key, points in events.items():
@@ -110,7 +113,9 @@ def test_a_concurrency_limit_holds_across_hosts(broker_url: str, serve: Any) -> 
     # 48 slots in all for 20 keys x 3: the limit binds for most keys, and 4 hosts stay well
     # inside the server's connection limit.
     per_host = str(48 // hosts(broker_url))
-    procs = [serve(*args(broker_url, "-w", "1", "-c", per_host, "--burst", "--node", f"host-{h}")) for h in range(hosts(broker_url))]
+    procs = [
+        serve(*args(broker_url, "-w", "1", "-c", per_host, "--burst", "--node", f"host-{h}")) for h in range(hosts(broker_url))
+    ]
     for proc in procs:
         assert proc.wait(180) == 0, proc.output[-3000:]
     peak = sampler.stop()

@@ -228,6 +228,23 @@ class Driver(ABC):
     @abstractmethod
     async def cancel(self, job_id: int) -> CancelResult: ...
 
+    # -- workflows --------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def parent_results(self, job_id: int) -> list[tuple[int, str, str | None]]:
+        """(parent id, state, result JSON) of the jobs ``job_id`` waits for, in their order."""
+
+    @abstractmethod
+    async def dependencies(self, job_id: int) -> tuple[list[int], list[int]]:
+        """(the jobs it waits for, the jobs that wait for it)."""
+
+    @abstractmethod
+    async def group_members(self, group_id: str) -> list[int]: ...
+
+    @abstractmethod
+    async def cancel_workflow(self, root_id: int) -> tuple[int, int]:
+        """Cancel what has not finished in a workflow; (cancelled now, cancel requested)."""
+
     # -- flow control ---------------------------------------------------------------------------
 
     @abstractmethod

@@ -5,7 +5,8 @@ their own columns (``timeout``, ``hard_timeout``, ``callbacks``), keeps a histor
 adds checks that refuse values no worker could run. So the upgrade
 
 1. moves the system fields of live rows out of ``meta`` (rows whose meta does not decode are left
-   as they are: their worker will fail them, naming the column);
+   as they are: their worker will fail them, naming the column); jobs chained on success become
+   workflow steps that wait for their parent;
 2. fails, visibly, any row holding a value the new checks refuse (a ``run_at`` that is not a finite
    number, a negative counter), resetting only that value so the row can be kept and retried;
 3. adds the columns and constraints (PostgreSQL), or rebuilds the table with them (SQLite, which
@@ -42,7 +43,9 @@ _PG_COLUMNS: Final = (
     " ADD COLUMN IF NOT EXISTS attempts JSONB NOT NULL DEFAULT '[]',"
     " ADD COLUMN IF NOT EXISTS concurrency_key TEXT, ADD COLUMN IF NOT EXISTS concurrency_limit INTEGER,"
     " ADD COLUMN IF NOT EXISTS rate_key TEXT, ADD COLUMN IF NOT EXISTS rate_limit INTEGER,"
-    " ADD COLUMN IF NOT EXISTS rate_period DOUBLE PRECISION",
+    " ADD COLUMN IF NOT EXISTS rate_period DOUBLE PRECISION, ADD COLUMN IF NOT EXISTS group_id TEXT,"
+    " ADD COLUMN IF NOT EXISTS waiting_for INTEGER NOT NULL DEFAULT 0, ADD COLUMN IF NOT EXISTS on_parent_failure TEXT,"
+    " ADD COLUMN IF NOT EXISTS with_results TEXT, ADD COLUMN IF NOT EXISTS has_dependants INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE runner_workers ADD COLUMN IF NOT EXISTS pid_started BIGINT NOT NULL DEFAULT 0,"
     " ADD COLUMN IF NOT EXISTS boot_id TEXT NOT NULL DEFAULT '', ADD COLUMN IF NOT EXISTS concurrency INTEGER NOT NULL DEFAULT 0,"
     " ADD COLUMN IF NOT EXISTS rss_kb BIGINT NOT NULL DEFAULT 0, ADD COLUMN IF NOT EXISTS running TEXT NOT NULL DEFAULT '[]'",
@@ -88,7 +91,6 @@ async def upgrade_postgres(conn: AsyncConnection, checks: list[tuple[str, str]])
     """``checks``: schema 2's (name, expression) constraints, as PostgreSQL spells them."""
     for statement in _PG_COLUMNS:
         await conn.execute(text(statement))
-    await _move_system_meta(conn)
     await conn.execute(_PG_SANITISE)
     for name, check in checks:
         await conn.execute(text("ALTER TABLE runner_jobs DROP CONSTRAINT IF EXISTS " + name))
@@ -111,54 +113,86 @@ async def upgrade_sqlite(conn: AsyncConnection, create_v2: str) -> None:
     await conn.execute(text("DROP TABLE runner_jobs"))
     await conn.execute(text("ALTER TABLE runner_jobs_v2 RENAME TO runner_jobs"))
     await conn.execute(text("DROP TABLE IF EXISTS runner_workers"))  # now in the control-plane file
-    await _move_system_meta(conn)
 
 
-async def _move_system_meta(conn: AsyncConnection) -> None:
+async def move_system_meta(conn: AsyncConnection, enqueue: Any) -> None:
+    """Live rows of schema 1 carried their limits and chained jobs in ``meta``. Limits move to
+    their columns; errbacks to ``callbacks``; jobs chained on success become workflow steps that
+    wait for their parent (``enqueue(conn, envelopes)``: the driver's workflow insert)."""
     for job_id, meta_text in (await conn.execute(_LIVE_WITH_SYSTEM_META)).all():
         try:
             meta = msgspec.json.decode(meta_text)
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
-            continue
+            continue  # left as it is: its worker fails it, naming the column
         if not isinstance(meta, dict):
             continue
-        moved = _split(meta)
+        moved, successors = _split(meta)
         await conn.execute(_MOVE, {"id": job_id, **moved})
+        if successors:
+            await enqueue(conn, _steps(successors, job_id, in_batch=False, out=[]))
 
 
-def _split(meta: dict[str, Any]) -> dict[str, Any]:
-    """Schema 1's meta -> schema 2's columns: (meta, timeout, hard_timeout, callbacks JSON)."""
+def _split(meta: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Schema 1's meta -> (schema 2's columns: meta, timeout, hard_timeout, callbacks; the specs
+    chained on success)."""
     own = {k: v for k, v in meta.items() if k not in _SYSTEM_KEYS}
-    callbacks = {
-        k: [_spec(s) for s in meta[k] if isinstance(s, dict)]
-        for k in ("on_success", "on_failure")
-        if isinstance(meta.get(k), list)
-    }
+    failure = [
+        _errback(s) for s in meta.get("on_failure") or [] if isinstance(s, dict) and isinstance(meta.get("on_failure"), list)
+    ]
+    success = [s for s in meta.get("on_success") or [] if isinstance(s, dict)] if isinstance(meta.get("on_success"), list) else []
     return {
         "meta": msgspec.json.encode(own).decode() if own else None,
         "timeout": _seconds(meta.get("timeout")),
         "hard_timeout": _seconds(meta.get("hard_timeout")),
-        "callbacks": msgspec.json.encode(callbacks).decode() if any(callbacks.values()) else None,
-    }
+        "callbacks": msgspec.json.encode({"on_failure": failure}).decode() if failure else None,
+    }, success
 
 
-def _spec(old: dict[str, Any]) -> dict[str, Any]:
-    """A schema-1 chained-job spec (limits and grandchildren inside its own meta) as a ChildSpec."""
+def _errback(old: dict[str, Any]) -> dict[str, Any]:
     inner: dict[str, Any] = old["meta"] if isinstance(old.get("meta"), dict) else {}
-    split = _split(inner)
     spec = {
         k: v
         for k, v in old.items()
         if k in ("name", "args", "kwargs", "queue", "priority", "max_attempts", "key", "immutable") and v is not None
     }
-    if split["meta"] is not None:
-        spec["meta"] = msgspec.json.decode(split["meta"])
+    own = {k: v for k, v in inner.items() if k not in _SYSTEM_KEYS}
+    if own:
+        spec["meta"] = own
     for key in ("timeout", "hard_timeout"):
-        if split[key] is not None:
-            spec[key] = split[key]
-    if split["callbacks"] is not None:
-        spec.update(msgspec.json.decode(split["callbacks"]))
+        if _seconds(inner.get(key)) is not None:
+            spec[key] = _seconds(inner.get(key))
     return spec
+
+
+def _steps(specs: list[dict[str, Any]], parent: int, *, in_batch: bool, out: list[Any]) -> list[Any]:
+    """Schema-1 on_success specs as waiting envelopes after ``parent`` (an id, or with
+    ``in_batch`` a position in ``out``); their own chained jobs nest after them."""
+    from ..wire import Callbacks, Envelope
+
+    for old in specs:
+        inner: dict[str, Any] = old["meta"] if isinstance(old.get("meta"), dict) else {}
+        moved, successors = _split(inner)
+        out.append(
+            Envelope(
+                name=str(old.get("name", "")),
+                args=list(old.get("args") or []),
+                kwargs=dict(old.get("kwargs") or {}),
+                queue=str(old.get("queue") or "default"),
+                priority=int(old.get("priority") or 0),
+                max_attempts=old.get("max_attempts"),
+                key=old.get("key"),
+                timeout=moved["timeout"],
+                hard_timeout=moved["hard_timeout"],
+                meta=msgspec.json.decode(moved["meta"]) if moved["meta"] else None,
+                callbacks=msgspec.json.decode(moved["callbacks"], type=Callbacks) if moved["callbacks"] else None,
+                after=() if in_batch else (parent,),
+                after_batch=(parent,) if in_batch else (),
+                on_parent_failure="cancel",
+                with_results=None if old.get("immutable") else "one",
+            )  # fmt: skip
+        )
+        _steps(successors, len(out) - 1, in_batch=True, out=out)
+    return out
 
 
 def _seconds(value: Any) -> float | None:

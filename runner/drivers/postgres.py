@@ -234,8 +234,11 @@ _FINISH: Final = f"""
         $8::integer[], $9::integer[], $10::text[], $11::text[], $12::text[]
     ) AS v(id, token, state, result, error, run_at, finished_at, attempt, lost, args, kwargs, record)
     WHERE j.id = v.id AND j.lease_token = v.token AND j.state = 'running'
-    RETURNING j.id
+    RETURNING j.id, j.has_dependants
 """
+# Jobs that nothing waits for, in autocommit: a row with dependants is written (with its
+# release) in a transaction instead.
+_FINISH_FAST: Final = _FINISH.replace("AND j.state = 'running'", "AND j.state = 'running' AND j.has_dependants = 0")
 # One outcome (the exactly-once path: one per job transaction): plain parameters, no arrays.
 _FINISH_ONE: Final = _FINISH.replace(
     """FROM unnest(
@@ -270,16 +273,19 @@ _INSERT_MANY: Final = text(
     """
     INSERT INTO runner_jobs (id, v, name, args, kwargs, queue, priority, max_attempts, run_at, expires_at, timeout,
                              hard_timeout, concurrency_key, concurrency_limit, rate_key, rate_limit, rate_period, key,
-                             parent_id, root_id, meta, callbacks, created_at)
+                             parent_id, root_id, meta, callbacks, created_at, state, waiting_for, on_parent_failure,
+                             with_results, group_id, has_dependants)
     SELECT x.id, x.v, x.name, x.args::text, x.kwargs::text, x.queue, x.priority, x.max_attempts, x.run_at,
            x.expires_at, x.timeout, x.hard_timeout, x.concurrency_key, x.concurrency_limit, x.rate_key, x.rate_limit,
-           x.rate_period, x.key, x.parent_id, x.root_id, x.meta::text, x.callbacks::text, x.created_at
+           x.rate_period, x.key, x.parent_id, x.root_id, x.meta::text, x.callbacks::text, x.created_at, x.state,
+           x.waiting_for, x.on_parent_failure, x.with_results, x.group_id, x.has_dependants
     FROM json_to_recordset(CAST(:rows AS json)) AS x(
         id bigint, v integer, name text, args json, kwargs json, queue text, priority integer, max_attempts integer,
         run_at double precision, expires_at double precision, timeout double precision, hard_timeout double precision,
         concurrency_key text, concurrency_limit integer, rate_key text, rate_limit integer,
         rate_period double precision, key text, parent_id bigint, root_id bigint, meta json, callbacks json,
-        created_at double precision)
+        created_at double precision, state text, waiting_for integer, on_parent_failure text, with_results text,
+        group_id text, has_dependants integer)
     """
 )
 # The sequence is named once, as a regclass constant: pg_get_serial_sequence() per row costs
@@ -336,6 +342,10 @@ class PostgresDriver(SQLDriver):
         for statement in (job_table(DIALECT), *job_indexes(), *side_tables(DIALECT), workers_table(DIALECT), *_EXTRA_DDL):
             await conn.execute(text(statement))
         await conn.exec_driver_sql(_CLAIM_FUNCTION)
+        if before == 1:
+            from .migrate_v1 import move_system_meta
+
+            await move_system_meta(conn, lambda c, envelopes: self._enqueue(c, envelopes, time.time()))
 
     # -- enqueue --------------------------------------------------------------------------------
 
@@ -366,7 +376,9 @@ class PostgresDriver(SQLDriver):
         await conn.execute(_INSERT_MANY, {"rows": _BATCH.encode(raw).decode()})
 
     async def _enqueue(self, conn: AsyncConnection, envelopes: Sequence[Envelope], now: float) -> list[int]:
-        if len(envelopes) >= COPY_FROM and all(e.key is None and e.key_ttl is None for e in envelopes):
+        if len(envelopes) >= COPY_FROM and all(
+            e.key is None and e.key_ttl is None and not e.after and not e.after_batch for e in envelopes
+        ):
             records = _copy_records(envelopes, now, self.max_payload)
             if records is not None:
                 ids = await self._allocate_ids(conn, len(envelopes))
@@ -406,17 +418,27 @@ class PostgresDriver(SQLDriver):
         async with self._raw() as pg:
             return self._decode(await pg.fetch(_EXPIRED, time.time(), limit))
 
-    async def _write_outcomes(self, conn: AsyncConnection, outcomes: Sequence[Outcome]) -> int:
+    async def _finish_each(self, conn: AsyncConnection, outcomes: Sequence[Outcome]) -> list[tuple[int, bool]]:
         if len(outcomes) == 1:
             params = outcome_params(outcomes[0])
-            return len((await conn.exec_driver_sql(_FINISH_ONE, tuple(params[f] for f in _FINISH_FIELDS))).all())
-        return len((await conn.exec_driver_sql(_FINISH, _finish_arrays(outcomes))).all())
+            rows = (await conn.exec_driver_sql(_FINISH_ONE, tuple(params[f] for f in _FINISH_FIELDS))).all()
+        else:
+            rows = (await conn.exec_driver_sql(_FINISH, _finish_arrays(outcomes))).all()
+        found: Any = rows
+        return [(int(row[0]), bool(row[1])) for row in found]
 
-    async def complete(self, outcomes: Sequence[Outcome]) -> int:
-        if not outcomes or any(o.children for o in outcomes):
-            return await super().complete(outcomes)
+    async def _finish_fast(self, outcomes: Sequence[Outcome]) -> int:
         async with self._raw() as pg:
-            return len(await pg.fetch(_FINISH, *_finish_arrays(outcomes)))
+            return len(await pg.fetch(_FINISH_FAST, *_finish_arrays(outcomes)))
+
+    async def _released(self) -> None:
+        pass  # the release statements ran in a transaction whose commit the NOTIFY below rides on
+
+    async def _release(
+        self, conn: AsyncConnection, parents: dict[int, str], now: float, only: Sequence[int] | None = None
+    ) -> None:
+        await super()._release(conn, parents, now, only)
+        await conn.execute(text("SELECT pg_notify('runner_jobs', '')"))  # delivered at commit
 
     async def set_progress(self, job_id: int, token: int, progress: str) -> bool:
         async with self._auto.connect() as conn:
@@ -483,7 +505,8 @@ def _copy_records(envelopes: Sequence[Envelope], now: float, max_payload: int) -
                     env.max_attempts, now if env.run_at is None else env.run_at, env.expires_at, env.timeout,
                     env.hard_timeout, env.concurrency_key, env.concurrency_limit, env.rate_key, env.rate_limit,
                     env.rate_period, None, env.parent_id, env.root_id, None if meta is None else meta.decode(),
-                    None if callbacks is None else callbacks.decode(), now,
+                    None if callbacks is None else callbacks.decode(), now, "queued", 0, env.on_parent_failure,
+                    env.with_results, env.group_id, 0,
                 ))  # fmt: skip
     except (TypeError, msgspec.EncodeError, OverflowError, ValueError, RecursionError):
         return None

@@ -30,7 +30,7 @@ from ..enqueue_batching import EnqueueBatcher
 from ..errors import EnqueueError, PayloadTooLarge, SchemaError
 from ..rows import CLAIM_COLUMNS, TEXT_COLUMNS, decode_row
 from ..schema import SCHEMA_VERSION
-from ..wire import MAX_DEPTH, PROTOCOL_VERSION, Attempt, BadRow, Envelope, check_depth, encode_json_bytes
+from ..wire import MAX_DEPTH, PROTOCOL_VERSION, Attempt, BadRow, Envelope, State, check_depth, encode_json_bytes
 from .base import CancelResult, Driver, JobFilter, JobRow, WorkerRow
 
 __all__ = ["SQLDriver", "insert_row"]
@@ -40,7 +40,8 @@ log = logging.getLogger("runner.drivers")
 INSERT_COLUMNS: Final = (
     "v", "name", "args", "kwargs", "queue", "priority", "max_attempts", "run_at", "expires_at", "timeout",
     "hard_timeout", "concurrency_key", "concurrency_limit", "rate_key", "rate_limit", "rate_period", "key",
-    "parent_id", "root_id", "meta", "callbacks", "created_at",
+    "parent_id", "root_id", "meta", "callbacks", "created_at", "state", "waiting_for", "on_parent_failure",
+    "with_results", "group_id", "has_dependants",
 )  # fmt: skip
 _COLS = ", ".join(INSERT_COLUMNS)
 _VALUES = ", ".join(f":{c}" for c in INSERT_COLUMNS)
@@ -69,7 +70,10 @@ _PRUNE_SCHEDULE = text(
 )
 _PURGE_FINISHED = text(
     "DELETE FROM runner_jobs WHERE id IN (SELECT id FROM runner_jobs"
-    " WHERE finished_at < :before AND state IN ('succeeded', 'failed', 'cancelled', 'expired') LIMIT :n)"
+    " WHERE finished_at < :before AND state IN ('succeeded', 'failed', 'cancelled', 'expired') LIMIT :n) RETURNING id"
+)
+_PURGE_EDGES = text("DELETE FROM runner_deps WHERE job_id IN :ids OR parent_id IN :ids").bindparams(
+    bindparam("ids", expanding=True)
 )
 _CANCEL_QUEUED = text(
     "UPDATE runner_jobs SET state = 'cancelled', finished_at = :now, error = :error WHERE id = :id AND state = 'queued'"
@@ -125,6 +129,41 @@ _SET_PAUSED: Final = text(
     " ON CONFLICT (queue) DO UPDATE SET paused = excluded.paused, changed_at = excluded.changed_at"
 )
 _PAUSED: Final = text("SELECT queue FROM runner_queues WHERE paused = 1 ORDER BY queue")
+_ANY_POLICY: Final = ""
+_RUN_POLICY: Final = " AND on_parent_failure = 'run'"
+_COUNT_PARENTS: Final = "(SELECT count(*) FROM runner_deps AS d WHERE d.job_id = runner_jobs.id AND d.parent_id IN :parents)"
+_RELEASE_OK: Final = (
+    f"UPDATE runner_jobs SET waiting_for = CASE WHEN waiting_for > {_COUNT_PARENTS} THEN waiting_for - {_COUNT_PARENTS} ELSE 0 END,"
+    f" state = CASE WHEN waiting_for > {_COUNT_PARENTS} THEN state ELSE 'queued' END,"
+    f" run_at = CASE WHEN waiting_for <= {_COUNT_PARENTS} AND run_at < :now THEN :now ELSE run_at END"
+    " WHERE state = 'waiting' AND id IN (SELECT job_id FROM runner_deps WHERE parent_id IN :parents)"
+)
+_RELEASE_BAD: Final = (
+    "UPDATE runner_jobs SET state = CASE WHEN on_parent_failure = 'cancel' THEN 'cancelled' ELSE 'failed' END,"
+    " finished_at = :now, waiting_for = 0,"
+    " error = '{\"type\":\"' || CASE WHEN on_parent_failure = 'cancel' THEN 'Cancelled' ELSE 'ParentFailed' END"
+    ' || \'","message":"job \' || CAST((SELECT min(d.parent_id) FROM runner_deps AS d WHERE d.job_id = runner_jobs.id'
+    " AND d.parent_id IN :parents) AS TEXT) || ' that it waits for did not succeed\"}'"
+    " WHERE state = 'waiting' AND on_parent_failure IN ('fail', 'cancel')"
+    " AND id IN (SELECT job_id FROM runner_deps WHERE parent_id IN :parents)"
+)
+_INSERT_EDGE: Final = text(
+    "INSERT INTO runner_deps (parent_id, job_id, position) VALUES (:parent_id, :job_id, :position) ON CONFLICT DO NOTHING"
+)
+_MARK_PARENTS: Final = "UPDATE runner_jobs SET has_dependants = 1 WHERE id IN :ids RETURNING id, state"
+_PARENT_RESULTS: Final = text(
+    "SELECT d.parent_id, p.state, p.result FROM runner_deps AS d JOIN runner_jobs AS p ON p.id = d.parent_id"
+    " WHERE d.job_id = :id ORDER BY d.position"
+)
+_PARENTS_OF: Final = text("SELECT parent_id FROM runner_deps WHERE job_id = :id ORDER BY position")
+_DEPENDANTS_OF: Final = text("SELECT job_id FROM runner_deps WHERE parent_id = :id ORDER BY job_id")
+_GROUP_MEMBERS: Final = text("SELECT id FROM runner_jobs WHERE group_id = :group ORDER BY id")
+_CANCEL_WORKFLOW: Final = text(
+    "UPDATE runner_jobs SET state = 'cancelled', finished_at = :now, error = :error, waiting_for = 0"
+    " WHERE (root_id = :root OR id = :root) AND state IN ('queued', 'waiting')"
+)
+_RUNNING_IN_WORKFLOW: Final = text("SELECT id FROM runner_jobs WHERE (root_id = :root OR id = :root) AND state = 'running'")
+_CANCELLED_WORKFLOW_ERROR: Final = '{"type":"Cancelled","message":"its workflow was cancelled before it started"}'
 _BY_ID: Final = "id = :id"
 _BY_IDS: Final = "id IN :ids"
 _BY_PARENT: Final = "parent_id = :id ORDER BY id"
@@ -165,10 +204,6 @@ class SQLDriver(Driver):
     @abstractmethod
     async def _insert_many(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
         """Insert keyless rows that already carry their ids."""
-
-    @abstractmethod
-    async def _write_outcomes(self, conn: AsyncConnection, outcomes: Sequence[Outcome]) -> int:
-        """The guarded write of many outcomes in one statement; returns how many matched."""
 
     # -- schema ---------------------------------------------------------------------------------
 
@@ -211,6 +246,9 @@ class SQLDriver(Driver):
         now = time.time()
         if conn is not None:
             return await self._enqueue(conn, envelopes, now)
+        if any(env.after or env.after_batch for env in envelopes):
+            async with self.engine.begin() as own:  # a workflow: every row, or none
+                return await self._enqueue(own, envelopes, now)
         if len(envelopes) == 1 and envelopes[0].key is None:
             row = insert_row(envelopes[0], now, self.max_payload)  # bad input fails here, alone
             return [await self._batcher().enqueue(row, now)]
@@ -239,6 +277,8 @@ class SQLDriver(Driver):
         return ids
 
     async def _enqueue(self, conn: AsyncConnection, envelopes: Sequence[Envelope], now: float) -> list[int]:
+        if any(env.after or env.after_batch for env in envelopes):
+            return await self._enqueue_workflow(conn, envelopes, now)
         rows = [insert_row(env, now, self.max_payload) for env in envelopes]
         if len(rows) == 1:
             return [await self._insert_one(conn, rows[0])]
@@ -292,28 +332,164 @@ class SQLDriver(Driver):
 
     # -- complete -------------------------------------------------------------------------------
 
+    @abstractmethod
+    async def _finish_fast(self, outcomes: Sequence[Outcome]) -> int:
+        """Write outcomes of jobs that nothing waits for, in autocommit, one statement; rows
+        with dependants are left alone (their write must release them in one transaction).
+        Returns how many matched."""
+
+    @abstractmethod
+    async def _finish_each(self, conn: AsyncConnection, outcomes: Sequence[Outcome]) -> list[tuple[int, bool]]:
+        """Write outcomes inside ``conn``'s transaction; (job id, has dependants) of each match."""
+
     async def complete(self, outcomes: Sequence[Outcome]) -> int:
         if not outcomes:
             return 0
-        if any(o.children for o in outcomes):  # outcome and children: one transaction
-            async with self.engine.begin() as conn:
-                return await self._complete_in(conn, outcomes)
-        async with self._auto.connect() as conn:
-            return await self._write_outcomes(conn, outcomes)
+        matched = 0
+        if not any(o.children for o in outcomes):
+            matched = await self._finish_fast(outcomes)
+            if matched == len(outcomes):
+                return matched
+        # Children to insert, dependants to release, or stale attempts: one transaction, and the
+        # rows the fast write already took no longer match (their state moved on).
+        async with self.engine.begin() as conn:
+            return matched + await self._complete_in(conn, outcomes)
 
     async def complete_in(self, conn: AsyncConnection, outcome: Outcome) -> bool:
         return await self._complete_in(conn, [outcome]) == 1
 
     async def _complete_in(self, conn: AsyncConnection, outcomes: Sequence[Outcome]) -> int:
-        """Children are inserted only for outcomes whose guard matched: a stale attempt neither
-        finishes the job nor spawns its successors."""
-        plain = [o for o in outcomes if not o.children]
-        matched = await self._write_outcomes(conn, plain) if plain else 0
-        for outcome in outcomes:
-            if outcome.children and await self._write_outcomes(conn, [outcome]) == 1:
-                matched += 1
-                await self._enqueue(conn, outcome.children, time.time())
-        return matched
+        """Errbacks are inserted, and dependants released, only for outcomes whose guard
+        matched: a stale attempt neither finishes the job nor moves anything after it."""
+        done = await self._finish_each(conn, outcomes)
+        by_id = {o.job_id: o for o in outcomes}
+        now = time.time()
+        released: dict[int, str] = {}
+        for job_id, has_dependants in done:
+            outcome = by_id[job_id]
+            if outcome.children:
+                await self._enqueue(conn, outcome.children, now)
+            if has_dependants and outcome.state in State.FINAL:
+                released[job_id] = outcome.state
+        if released:
+            await self._release(conn, released, now)
+        return len(done)
+
+    # -- workflows: dependants wait for their parents ---------------------------------------------
+
+    async def _release(
+        self, conn: AsyncConnection, parents: dict[int, str], now: float, only: Sequence[int] | None = None
+    ) -> None:
+        """Parents ended (``{id: final state}``): count them off their dependants, queue those
+        that wait for nothing more, and end by their policy those whose parent did not succeed,
+        level by level down the graph. ``only``: restrict the first level to these dependants."""
+        frontier = dict(parents)
+        while frontier:
+            good = [p for p, state in frontier.items() if state == State.SUCCEEDED]
+            bad = [p for p, state in frontier.items() if state != State.SUCCEEDED]
+            restrict = self._only(only)
+            for ids, policy in ((good, _ANY_POLICY), (bad, _RUN_POLICY)):
+                if ids:
+                    await conn.execute(
+                        self._sql(_RELEASE_OK + policy + restrict, ("parents", "only")),
+                        {"parents": ids, "only": list(only or []), "now": now},
+                    )
+            frontier = {}
+            if bad:
+                ended = (await conn.execute(self._sql(_RELEASE_BAD + restrict + " RETURNING id, state, has_dependants", ("parents", "only")),
+                                            {"parents": bad, "only": list(only or []), "now": now})).all()  # fmt: skip
+                frontier = {int(i): str(state) for i, state, has in ended if has}
+            only = None
+        await self._released()
+
+    def _only(self, only: Sequence[int] | None) -> str:
+        return "" if only is None else " AND id IN :only"
+
+    def _sql(self, statement: str, expanding: tuple[str, ...]) -> Any:
+        cached = self._statements.get(statement)
+        if cached is None:
+            used = tuple(name for name in expanding if ":" + name in statement)
+            cached = self._statements[statement] = text(statement).bindparams(*(bindparam(n, expanding=True) for n in used))
+        return cached
+
+    async def _released(self) -> None:
+        """Dependants became runnable: wake idle workers (PostgreSQL notifies; SQLite's file changed)."""
+
+    async def _enqueue_workflow(self, conn: AsyncConnection, envelopes: Sequence[Envelope], now: float) -> list[int]:
+        """Rows that wait for others: every row, edge and parent mark in the caller's
+        transaction. A parent that already ended counts at once; one that is ending right now is
+        locked (its row) until this commits, so its release sees our edges."""
+        rows = [insert_row(env, now, self.max_payload) for env in envelopes]
+        for i, env in enumerate(envelopes):
+            if any(not 0 <= p < i for p in env.after_batch):
+                raise EnqueueError(f"workflow step {i} ({env.name}) waits for a step that is not before it: {env.after_batch}")
+        parents_in_batch = {p for env in envelopes for p in env.after_batch}
+        plain = [i for i, row in enumerate(rows) if row["key"] is None]
+        ids = [0] * len(rows)
+        for i, new_id in zip(plain, await self._allocate_ids(conn, len(plain))):
+            ids[i] = new_id
+        roots: list[int | None] = [None] * len(rows)
+        for i, (env, row) in enumerate(zip(envelopes, rows)):
+            parents = [ids[p] for p in env.after_batch] + list(env.after)
+            if parents:
+                row.update(state=State.WAITING, waiting_for=len(set(parents)))
+                first = env.after_batch[0] if env.after_batch else None
+                row["parent_id"] = row["parent_id"] or parents[0]
+                row["root_id"] = row["root_id"] or (roots[first] if first is not None else None) or parents[0]
+            roots[i] = row["root_id"] or ids[i] or None
+            row["has_dependants"] = 1 if i in parents_in_batch else 0
+            if row["key"] is not None:
+                ids[i] = await self._insert_one(conn, row)
+                roots[i] = roots[i] or ids[i]
+        if plain:
+            await self._insert_many(conn, [{**_without_key_since(rows[i]), "id": ids[i]} for i in plain])
+        edges = [
+            {"parent_id": parent, "job_id": ids[i], "position": n}
+            for i, env in enumerate(envelopes)
+            for n, parent in enumerate([ids[p] for p in env.after_batch] + list(env.after))
+        ]  # fmt: skip
+        if edges:
+            await conn.execute(_INSERT_EDGE, edges)
+        external = sorted({p for env in envelopes for p in env.after})
+        if external:
+            marked = {
+                int(i): str(state)
+                for i, state in (await conn.execute(self._sql(_MARK_PARENTS, ("ids",)), {"ids": external})).all()
+            }
+            missing = [p for p in external if p not in marked]
+            if missing:
+                raise EnqueueError(f"depends_on: job {missing[0]} does not exist (accepted: ids of jobs in this queue)")
+            ended = {p: state for p, state in marked.items() if state in State.FINAL}
+            if ended:
+                mine = [ids[i] for i, env in enumerate(envelopes) if set(env.after) & set(ended)]
+                await self._release(conn, ended, now, only=mine)
+        return ids
+
+    async def parent_results(self, job_id: int) -> list[tuple[int, str, str | None]]:
+        async with self._auto.connect() as conn:
+            return [(int(p), str(s), r) for p, s, r in (await conn.execute(_PARENT_RESULTS, {"id": job_id})).all()]
+
+    async def dependencies(self, job_id: int) -> tuple[list[int], list[int]]:
+        async with self._auto.connect() as conn:
+            parents = [int(p) for (p,) in (await conn.execute(_PARENTS_OF, {"id": job_id})).all()]
+            dependants = [int(d) for (d,) in (await conn.execute(_DEPENDANTS_OF, {"id": job_id})).all()]
+        return parents, dependants
+
+    async def group_members(self, group_id: str) -> list[int]:
+        async with self._auto.connect() as conn:
+            return [int(i) for (i,) in (await conn.execute(_GROUP_MEMBERS, {"group": group_id})).all()]
+
+    async def cancel_workflow(self, root_id: int) -> tuple[int, int]:
+        """Cancel every job of the workflow rooted at ``root_id`` that has not finished: waiting
+        and queued ones at once, running ones by request. Returns (cancelled, requested)."""
+        async with self.engine.begin() as conn:
+            cancelled = (
+                await conn.execute(_CANCEL_WORKFLOW, {"root": root_id, "now": time.time(), "error": _CANCELLED_WORKFLOW_ERROR})
+            ).rowcount
+            running = [int(i) for (i,) in (await conn.execute(_RUNNING_IN_WORKFLOW, {"root": root_id})).all()]
+        for job_id in running:
+            await self._request_cancel(job_id)
+        return int(cancelled), len(running)
 
     # -- workers: upserted with each lease renewal; `runner status` reads them --------------------
 
@@ -353,8 +529,11 @@ class SQLDriver(Driver):
             return (await conn.execute(_PRUNE_SCHEDULE, {"before": before})).rowcount
 
     async def purge_finished(self, before: float, batch: int = 500) -> int:
-        async with self._auto.connect() as conn:
-            return (await conn.execute(_PURGE_FINISHED, {"before": before, "n": batch})).rowcount
+        async with self.engine.begin() as conn:
+            ids = [int(i) for (i,) in (await conn.execute(_PURGE_FINISHED, {"before": before, "n": batch})).all()]
+            if ids:
+                await conn.execute(_PURGE_EDGES, {"ids": ids})
+        return len(ids)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -526,6 +705,12 @@ def insert_row(env: Envelope, now: float, max_payload: int) -> dict[str, Any]:
         "meta": None if meta is None else meta.decode(),
         "callbacks": None if callbacks is None else callbacks.decode(),
         "created_at": now,
+        "state": State.QUEUED,
+        "waiting_for": 0,
+        "on_parent_failure": env.on_parent_failure,
+        "with_results": env.with_results,
+        "group_id": env.group_id,
+        "has_dependants": 0,
     }
 
 
