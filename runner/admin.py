@@ -61,6 +61,7 @@ def add_admin_commands(sub: Any, common: Callable[[argparse.ArgumentParser], Non
     cancel = jobs_sub.add_parser("cancel", help="cancel a queued job now, or a running one cooperatively")
     common(cancel)
     cancel.add_argument("id", type=int)
+    cancel.add_argument("--workflow", action="store_true", help="cancel every unfinished job of the workflow this job belongs to")
     purge = jobs_sub.add_parser("purge", help="delete finished jobs older than an age")
     common(purge)
     purge.add_argument("--state", choices=["succeeded", "failed", "cancelled", "expired"], required=True)
@@ -107,9 +108,11 @@ async def _run(ns: argparse.Namespace, settings: Settings) -> int:
             if row is None:
                 print(f"no job {ns.id}", file=sys.stderr)
                 return 1
-            _print_job(row, ns.json)
+            _print_job(row, ns.json, await _workflow_links(store, row))
         elif action == "retry":
             return await _retry(admin, ns)
+        elif action == "cancel" and ns.workflow:
+            return await _cancel_workflow(store, ns.id)
         elif action == "cancel":
             outcome = await store.cancel(ns.id)
             print(_CANCEL_MESSAGES[outcome].format(id=ns.id))
@@ -238,8 +241,43 @@ def _print_rows(rows: list[JobRow], as_json: bool) -> None:
     )
 
 
-def _print_job(row: JobRow, as_json: bool) -> None:
+_SHOWN_LINKS = 20
+
+
+async def _workflow_links(driver: Driver, row: JobRow) -> dict[str, list[dict[str, Any]]]:
+    """The jobs this one waits for and the jobs waiting for it, each with its state, so a stuck
+    step shows which parent holds it (the first few of a wide chord are enough to see that)."""
+    parents, dependants = await driver.dependencies(row.id)
+    links: dict[str, list[dict[str, Any]]] = {}
+    for label, ids in (("waits_for", parents), ("dependants", dependants)):
+        shown = []
+        for job_id in ids[:_SHOWN_LINKS]:
+            other = await driver.get(job_id)
+            shown.append({"id": job_id, "name": other.name if other else None, "state": other.state if other else "purged"})
+        links[label] = shown
+        if len(ids) > _SHOWN_LINKS:
+            links[label].append({"more": len(ids) - _SHOWN_LINKS})
+    return links
+
+
+async def _cancel_workflow(driver: Driver, job_id: int) -> int:
+    row = await driver.get(job_id)
+    if row is None:
+        print(f"no job {job_id}", file=sys.stderr)
+        return 1
+    root = row.root_id or row.id
+    cancelled, requested = await driver.cancel_workflow(root)
+    print(
+        f"workflow {root}: {cancelled} jobs cancelled, {requested} running jobs asked to stop"
+        + ("" if cancelled or requested else " (everything in it had already finished)")
+    )
+    return 0
+
+
+def _print_job(row: JobRow, as_json: bool, links: dict[str, list[dict[str, Any]]] | None = None) -> None:
     data = _as_dict(row)
+    if links:
+        data.update(links)
     if as_json:
         print(json.dumps(data))
         return
@@ -278,6 +316,12 @@ def _print_job(row: JobRow, as_json: bool) -> None:
                 print(error["traceback"].rstrip())
         else:
             print(f"{'error':>13}: {error}")
+    for label in ("waits_for", "dependants"):
+        if data.get(label):
+            print(f"{label:>13}: " + ", ".join(
+                f"+{link['more']} more" if "more" in link else f"{link['id']} {link['name']} ({link['state']})"
+                for link in data[label]
+            ))  # fmt: skip
     _print_history(data.get("attempts"))
 
 

@@ -329,6 +329,15 @@ class JobHandle:
     def cancel(self) -> CancelResult:
         return self.client.run_sync(self.cancel_async)
 
+    async def cancel_workflow_async(self) -> tuple[int, int]:
+        """Cancel every unfinished job of the workflow this job belongs to (by its root): waiting
+        and queued rows at once, running ones cooperatively. Returns (cancelled, requested)."""
+        row = await self.row_async()
+        return await (await self.client.driver()).cancel_workflow(row.root_id or row.id)
+
+    def cancel_workflow(self) -> tuple[int, int]:
+        return self.client.run_sync(self.cancel_workflow_async)
+
 
 class GroupHandle:
     """The jobs of a group (or a workflow's several last steps), as one: ``wait`` returns their

@@ -41,10 +41,9 @@ OWNER = "worker-7"
 JOB_ID = 41
 TOKEN = 9
 
-# Every attempt carries one child of each kind, so each table row shows which (if any) got enqueued.
-NEXT = ChildSpec(name="next", args=[1])
+# Every attempt carries an errback, so each table row shows whether it got enqueued.
 CLEANUP = ChildSpec(name="cleanup", args=["x"])
-CALLBACKS = Callbacks(on_success=(NEXT,), on_failure=(CLEANUP,))
+CALLBACKS = Callbacks(on_failure=(CLEANUP,))
 
 
 def attempt(**changes: Any) -> Attempt:
@@ -118,12 +117,11 @@ Q, F, S = State.QUEUED, State.FAILED, State.SUCCEEDED
 # (id, the attempt's changes, policy, event, expected outcome). rand=0.5 throughout (no jitter here).
 TABLE = [
     # Returned ------------------------------------------------------------------------------
-    pytest.param({}, ONE, Returned({"n": 3}), Want(S, 1, children=("next",)), id="returned-succeeds"),
-    pytest.param({}, ONE, Returned(None), Want(S, 1, children=("next",)), id="returned-None-succeeds"),
-    pytest.param({}, IGNORE, Returned({"n": 3}), Want(S, 1, children=("next",)), id="returned-ignore_result"),
+    pytest.param({}, ONE, Returned({"n": 3}), Want(S, 1), id="returned-succeeds"),
+    pytest.param({}, ONE, Returned(None), Want(S, 1), id="returned-None-succeeds"),
+    pytest.param({}, IGNORE, Returned({"n": 3}), Want(S, 1), id="returned-ignore_result"),
     pytest.param({}, THREE, Returned(object()), Want(F, 1, error="SerializationError", message="the result of jobs.add cannot be encoded as JSON", children=("cleanup",)), id="returned-not-json-fails"),
     pytest.param({}, SMALL_RESULT, Returned("x" * 20), Want(F, 1, error="ResultTooLarge", message="22 bytes of JSON; the limit is 10 (--max-result)", children=("cleanup",)), id="returned-over-max_result-fails"),
-    pytest.param({}, SMALL_PAYLOAD, Returned("x" * 100), Want(F, 1, error="PayloadTooLarge", message="on_success[0]"), id="returned-child-over-max_payload-fails"),
     # Raised --------------------------------------------------------------------------------
     pytest.param({}, THREE, raised(ValueError), Want(Q, 1, run_at=NOW + 2, error="ValueError", message="boom", note="retry in 2s"), id="raised-attempt1of3-retries"),
     pytest.param({"attempt": 2}, THREE, raised(ValueError), Want(Q, 2, run_at=NOW + 4, error="ValueError", note="retry in 4s"), id="raised-attempt2of3-retries-later"),
@@ -267,26 +265,13 @@ def test_bad_row_fails_with_its_decoding_error(event: Any, policy: Policy) -> No
 
 RICH = ChildSpec(
     name="notify", args=["a"], kwargs={"k": 1}, queue="mail", priority=5, max_attempts=4, key="k-1", timeout=3.0,
-    hard_timeout=9.0, meta={"m": 1}, on_success=(ChildSpec(name="grandchild"),),
+    hard_timeout=9.0, meta={"m": 1},
 )  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("which", "spec", "root_id", "event", "want"),
     [
-        # on_success: the parent's result is prepended
-        pytest.param("on_success", ChildSpec(name="c", args=["a"]), None, Returned({"n": 3}),
-                     Envelope(name="c", args=[{"n": 3}, "a"], queue="default", parent_id=JOB_ID, root_id=JOB_ID), id="success-prepends-result"),
-        pytest.param("on_success", ChildSpec(name="c", args=["a"]), 7, Returned(5),
-                     Envelope(name="c", args=[5, "a"], queue="default", parent_id=JOB_ID, root_id=7), id="success-keeps-root_id"),
-        pytest.param("on_success", ChildSpec(name="c", args=["a"], immutable=True), None, Returned(5),
-                     Envelope(name="c", args=["a"], queue="default", parent_id=JOB_ID, root_id=JOB_ID), id="success-immutable-unchanged"),
-        pytest.param("on_success", ChildSpec(name="c"), None, Returned(None),
-                     Envelope(name="c", args=[None], queue="default", parent_id=JOB_ID, root_id=JOB_ID), id="success-None-result-prepended"),
-        pytest.param("on_success", RICH, 7, Returned(5),
-                     Envelope(name="notify", args=[5, "a"], kwargs={"k": 1}, queue="mail", priority=5, max_attempts=4, key="k-1",
-                              timeout=3.0, hard_timeout=9.0, parent_id=JOB_ID, root_id=7, meta={"m": 1},
-                              callbacks=Callbacks(on_success=(ChildSpec(name="grandchild"),))), id="success-copies-spec-fields"),
         # on_failure: the parent's id is prepended
         pytest.param("on_failure", ChildSpec(name="c", args=["a"]), None, raised(ValueError),
                      Envelope(name="c", args=[JOB_ID, "a"], queue="default", parent_id=JOB_ID, root_id=JOB_ID), id="failure-prepends-id"),
@@ -296,37 +281,14 @@ RICH = ChildSpec(
                      Envelope(name="c", args=["a"], queue="default", parent_id=JOB_ID, root_id=JOB_ID), id="failure-immutable-unchanged"),
         pytest.param("on_failure", RICH, None, Frozen(),
                      Envelope(name="notify", args=[JOB_ID, "a"], kwargs={"k": 1}, queue="mail", priority=5, max_attempts=4, key="k-1",
-                              timeout=3.0, hard_timeout=9.0, parent_id=JOB_ID, root_id=JOB_ID, meta={"m": 1},
-                              callbacks=Callbacks(on_success=(ChildSpec(name="grandchild"),))), id="failure-copies-spec-fields"),
+                              timeout=3.0, hard_timeout=9.0, parent_id=JOB_ID, root_id=JOB_ID, meta={"m": 1}), id="failure-copies-spec-fields"),
     ],
 )  # fmt: skip
 def test_children(which: str, spec: ChildSpec, root_id: int | None, event: Any, want: Envelope) -> None:
     item = attempt(callbacks=Callbacks(**{which: (spec,)}), root_id=root_id, lost=LOST3.max_lost - 1)
     outcome = decide(item, LOST3, event, now=NOW)
-    assert outcome.state == (State.SUCCEEDED if which == "on_success" else State.FAILED)
+    assert outcome.state == State.FAILED
     assert outcome.children == (want,)
-
-
-@pytest.mark.parametrize(
-    ("callbacks", "policy", "value", "want"),
-    [
-        pytest.param(Callbacks(on_success=(ChildSpec(name="c"),)), SMALL_PAYLOAD, "x" * 100,
-                     Want(F, 1, error="PayloadTooLarge", message="chained job c (on_success[0]) are 104 bytes of JSON; the limit is 50"), id="args-over-max_payload"),
-        pytest.param(Callbacks(on_success=(ChildSpec(name="ok"), ChildSpec(name="c", kwargs={"k": "y" * 30}))), SMALL_PAYLOAD, "x" * 15,
-                     Want(F, 1, error="PayloadTooLarge", message="chained job c (on_success[1]) would be 57 bytes of JSON"), id="args-plus-kwargs-over-max_payload"),
-        pytest.param(Callbacks(on_success=(ChildSpec(name="c", immutable=True),)), SMALL_PAYLOAD, "x" * 100,
-                     Want(S, 1, children=("c",)), id="immutable-result-not-prepended"),
-        pytest.param(Callbacks(on_success=(ChildSpec(name="c"),), on_failure=(CLEANUP,)), IGNORE, object(),
-                     Want(F, 1, error="SerializationError", message="on_success[0]"), id="ignore_result-child-gets-unencodable-value"),
-    ],
-)  # fmt: skip
-def test_on_success_children_that_cannot_be_enqueued(callbacks: Callbacks, policy: Policy, value: Any, want: Want) -> None:
-    item = attempt(callbacks=callbacks)
-    outcome = decide(item, policy, Returned(value), now=NOW)
-    check(outcome, item, want)
-    if want.state == State.FAILED:
-        assert outcome.error is not None
-        assert outcome.error.message.startswith("the job returned, but its on_success chained jobs cannot be enqueued: ")
 
 
 @pytest.mark.parametrize(

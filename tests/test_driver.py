@@ -14,7 +14,7 @@ import anyio
 import pytest
 from sqlalchemy import text
 
-from runner.decide import GaveBack, Raised, Returned, WorkerLost, decide
+from runner.decide import GaveBack, NotRunnable, Raised, Returned, WorkerLost, decide
 from runner.drivers import CancelResult, Driver, JobFilter, WorkerRow
 from runner.errors import PayloadTooLarge
 from runner.policy import Policy
@@ -228,17 +228,18 @@ async def test_history_is_bounded(driver: Driver) -> None:
     assert row is not None and len(json.loads(row.attempts)) == MAX_HISTORY
 
 
-async def test_children_are_inserted_only_when_the_guard_matches(driver: Driver) -> None:
-    child = ChildSpec(name="child", args=[1], on_success=(ChildSpec(name="grandchild"),))
-    (job_id,) = await driver.enqueue([Envelope(name="parent", callbacks=Callbacks(on_success=(child,)))])
+async def test_errbacks_are_inserted_only_when_the_guard_matches(driver: Driver) -> None:
+    errback = ChildSpec(name="cleanup", args=[1], queue="mail")
+    (job_id,) = await driver.enqueue([Envelope(name="parent", callbacks=Callbacks(on_failure=(errback,)))])
     item = await claim_one(driver)
-    stale = decide(msgspec_replace(item, token=item.token + 1), POLICY, Returned(7), now=time.time())
+    failed = decide(item, POLICY, NotRunnable(ErrorInfo(type="UnknownJob", message="no such job")), now=time.time())
+    assert failed.state == State.FAILED and len(failed.children) == 1
+    stale = msgspec_replace(failed, token=failed.token + 1)
     assert await driver.complete([stale]) == 0
-    assert await driver.claim("w", ["default"], 5, 30) == []
-    assert await driver.complete([done(item, 7)]) == 1
-    spawned = await claim_one(driver)
-    assert (spawned.name, spawned.args, spawned.parent_id, spawned.root_id) == ("child", [7, 1], job_id, job_id)
-    assert spawned.callbacks.on_success[0].name == "grandchild"
+    assert await driver.claim("w", ["mail"], 5, 30) == [], "a stale outcome inserts no errback"
+    assert await driver.complete([failed]) == 1
+    spawned = await claim_one(driver, queues=("mail",))
+    assert (spawned.name, spawned.args, spawned.parent_id, spawned.root_id) == ("cleanup", [job_id, 1], job_id, job_id)
 
 
 def msgspec_replace(item: Attempt, **changes: Any) -> Attempt:

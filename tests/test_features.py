@@ -68,7 +68,8 @@ async def test_chain_through_options_passes_results_and_keeps_the_tree(configure
     await run_burst(basic.app, configured)
     assert await parent.wait_async(5) == 40
     rows = sql(configured, f"SELECT args, result, parent_id, root_id FROM runner_jobs WHERE root_id = {parent.id} ORDER BY id")
-    assert [(json.loads(a), json.loads(r)) for a, r, _, _ in rows] == [([40, 5], 45), ([1, 2], 3)]
+    # A step's row keeps the arguments it was given; the parent's result is prepended when it runs.
+    assert [(json.loads(a), json.loads(r)) for a, r, _, _ in rows] == [([5], 45), ([1, 2], 3)]
     assert rows[1][2] != parent.id and rows[1][3] == parent.id, "grandchild keeps the root id"
     with pytest.raises(JobFailed):
         await failing.wait_async(5)

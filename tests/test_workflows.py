@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from typing import Any
 
+import anyio
 import pytest
 from sqlalchemy import text
 
@@ -121,8 +123,27 @@ async def test_a_failed_parent_ends_its_dependants_by_their_policy(url: str) -> 
 async def test_cancelling_a_workflow_by_its_root_cancels_what_has_not_finished(url: str) -> None:
     last = await chain(add.call(1, 1), double.call(), double.call()).defer_async()
     root = int(sql(url, f"SELECT root_id FROM runner_jobs WHERE id = {last.id}")[0][0])
-    driver = await flows.app.client.driver()
-    assert await driver.cancel_workflow(root) == (3, 0)
+    assert root != last.id
+    assert await last.cancel_workflow_async() == (3, 0), "any job of a workflow names the whole of it"
+    assert sql(url, "SELECT DISTINCT state FROM runner_jobs") == [("cancelled",)]
+    assert await last.cancel_workflow_async() == (0, 0)
+
+
+async def test_the_cli_shows_a_steps_links_and_cancels_its_workflow(url: str) -> None:
+    callback = await chord([add.call(i, i) for i in range(3)], tsum.call()).defer_async()
+
+    async def cli(*args: str) -> str:
+        done = await anyio.run_process([sys.executable, "-m", "runner", "jobs", *args, "--broker", url], check=False)
+        assert done.returncode == 0, done.stderr.decode()
+        return done.stdout.decode()
+
+    shown = await cli("show", str(callback.id))
+    waits = next(line for line in shown.splitlines() if "waits_for:" in line)
+    assert waits.count("tests.apps.flows.add (queued)") == 3, shown
+    as_json = json.loads(await cli("show", str(callback.id), "--json"))
+    assert [link["state"] for link in as_json["waits_for"]] == ["queued"] * 3
+    assert "4 jobs cancelled" in await cli("cancel", str(callback.id), "--workflow")
+    assert await callback.state_async() == "cancelled"
     assert sql(url, "SELECT DISTINCT state FROM runner_jobs") == [("cancelled",)]
 
 

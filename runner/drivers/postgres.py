@@ -149,13 +149,14 @@ BEGIN
     )
     SELECT * FROM claimed;
 END $$"""
-_CLAIM: Final = f"SELECT {claim_columns()} FROM runner_claim($1::text[], $2, $3, $4, $5)"
+_COLUMNS: Final = claim_columns()
+_CLAIM: Final = f"SELECT {_COLUMNS} FROM runner_claim($1::text[], $2, $3, $4, $5)"
 
 # The common case in one plain statement: no candidate has a key. If one has, this claims
 # nothing and returns one marker row (id NULL): the driver then claims through the function,
 # which serialises per key. So a keyed job can never be claimed past its limit by this path.
 _PLAIN_SET: Final = _CLAIM_SET.replace("p_owner", "$4").replace("p_until", "$5").replace("v_now", "$2")
-_NULLS: Final = ", ".join(["NULL"] * len(claim_columns().split(", ")))
+_NULLS: Final = ", ".join(["NULL"] * len(_COLUMNS.split(", ")))
 _CLAIM_PLAIN_ONE: Final = f"""
     WITH picked AS (
         SELECT id, concurrency_key, rate_key FROM runner_jobs
@@ -171,7 +172,7 @@ _CLAIM_PLAIN_ONE: Final = f"""
         FROM picked, keyed WHERE j.id = picked.id AND NOT keyed.yes
         RETURNING j.*
     )
-    SELECT {claim_columns()} FROM claimed
+    SELECT {_COLUMNS} FROM claimed
     UNION ALL SELECT {_NULLS} FROM keyed WHERE keyed.yes
 """
 _CLAIM_PLAIN_MANY: Final = f"""
@@ -194,7 +195,7 @@ _CLAIM_PLAIN_MANY: Final = f"""
         FROM picked, keyed WHERE j.id = picked.id AND NOT keyed.yes
         RETURNING j.*
     )
-    SELECT {claim_columns()} FROM claimed
+    SELECT {_COLUMNS} FROM claimed
     UNION ALL SELECT {_NULLS} FROM keyed WHERE keyed.yes
 """
 KEYED_FOR: Final = 5.0  # seconds a driver keeps claiming through the function once it met keys
@@ -205,7 +206,6 @@ _RENEW: Final = """
     WHERE j.id = h.id AND j.lease_token = h.token AND j.state = 'running'
     RETURNING j.id
 """
-_COLUMNS: Final = claim_columns()
 _HELD_BY: Final = f"SELECT {_COLUMNS} FROM runner_jobs WHERE state = 'running' AND lease_owner = $1"
 _EXPIRED: Final = (
     f"SELECT {_COLUMNS} FROM runner_jobs WHERE state = 'running'"

@@ -433,9 +433,13 @@ class SQLDriver(Driver):
             parents = [ids[p] for p in env.after_batch] + list(env.after)
             if parents:
                 row.update(state=State.WAITING, waiting_for=len(set(parents)))
-                first = env.after_batch[0] if env.after_batch else None
                 row["parent_id"] = row["parent_id"] or parents[0]
-                row["root_id"] = row["root_id"] or (roots[first] if first is not None else None) or parents[0]
+            # One root for the whole workflow (its first row's), so any of its jobs names all of
+            # it -- a group's parallel members included.
+            if row["root_id"] is None and i > 0:
+                row["root_id"] = roots[0]
+            elif row["root_id"] is None and parents:
+                row["root_id"] = parents[0]
             roots[i] = row["root_id"] or ids[i] or None
             row["has_dependants"] = 1 if i in parents_in_batch else 0
             if row["key"] is not None:

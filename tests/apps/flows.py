@@ -46,12 +46,12 @@ async def node(session: AsyncSession, name: str, seconds: float = 0.0) -> str:
 
 
 @app.job
-async def member(session: AsyncSession, i: int) -> int:
+async def member(session: AsyncSession, i: int, seconds: float = 0.01) -> int:
     """A chord member that writes: proves each member's effect happens once under kill -9."""
     await session.execute(
         text("INSERT INTO ran_nodes (name, at, pid) VALUES (:n, :t, :p)"), {"n": f"m{i}", "t": time.time(), "p": os.getpid()}
     )
-    await anyio.sleep(0.01)
+    await anyio.sleep(seconds)
     return i
 
 

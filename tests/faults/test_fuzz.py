@@ -69,7 +69,7 @@ def _row(
         "id": 1, "lease_token": 1, "lease_owner": "fuzz:1:0", "v": 1, "name": name, "args": args, "kwargs": kwargs,
         "queue": "default", "priority": 0, "attempt": 1, "max_attempts": None, "lost": 0, "run_at": 0.0,
         "expires_at": None, "timeout": None, "hard_timeout": None, "key": None, "parent_id": None, "root_id": None,
-        "meta": meta, "callbacks": callbacks, "created_at": 0.0, "started_at": 0.0,
+        "meta": meta, "callbacks": callbacks, "created_at": 0.0, "started_at": 0.0, "with_results": None,
     }  # fmt: skip
     values.update(columns)
     return tuple(values[c] for c in CLAIM_COLUMNS)
@@ -114,7 +114,7 @@ CHAIN_SPEC = st.fixed_dictionaries(
     ),
 )
 CHAINS = st.one_of(JSON, st.lists(st.one_of(CHAIN_SPEC, CHAIN_SPEC, JSON), max_size=3))
-CALLBACKS = st.fixed_dictionaries({}, optional={"on_success": CHAINS, "on_failure": CHAINS})
+CALLBACKS = st.fixed_dictionaries({}, optional={"on_failure": CHAINS})
 ROW_TEXT = st.one_of(
     st.binary(max_size=30).map(lambda b: b.decode("latin-1")), JSON.map(lambda v: msgspec.json.encode(v).decode())
 )
