@@ -113,23 +113,44 @@ async def enqueue_async_rate(url: str, n: int) -> float:
         return per * PRODUCERS / (time.perf_counter() - t)
 
 
-async def enqueue_bulk_rate(url: str, n: int) -> float:
-    """``await app.defer_many_async([...])``: N calls, one statement."""
+async def enqueue_one_at_a_time(url: str, n: int) -> float:
+    """``await job.defer_async()`` from one task, each call awaited before the next: the latency
+    of one enqueue, with nothing to batch with."""
+    async with _async_producer(url):
+        await noop.defer_async()  # connect and prepare outside the timing
+        t = time.perf_counter()
+        for _ in range(n):
+            await noop.defer_async()
+        return n / (time.perf_counter() - t)
+
+
+async def enqueue_bulk_rate(url: str, n: int, per_call: int | None = None) -> float:
+    """``await app.defer_many_async([...])``: N calls in one call, or in calls of ``per_call``.
+    The table is emptied first (TRUNCATE: no dead rows left for the drain to step over)."""
     async with _async_producer(url):
         await app.defer_many_async([noop.call()])  # connect outside the timing
-        await sql(url, "DELETE FROM runner_jobs")
+        await truncate(url)
         t = time.perf_counter()
-        handles = await app.defer_many_async([noop.call() for _ in range(n)])
+        done = 0
+        while done < n:
+            k = min(per_call or n, n - done)
+            done += len(await app.defer_many_async([noop.call() for _ in range(k)]))
         rate = n / (time.perf_counter() - t)
-    assert len(handles) == n
+    assert done == n
     return rate
+
+
+async def truncate(url: str) -> None:
+    await sql(url, "DELETE FROM runner_jobs" if url.startswith("sqlite") else "TRUNCATE runner_jobs")
 
 
 def run_w1(url: str, n: int, n_single: int, workers: int, concurrency: int, profile: Path | None = None) -> dict[str, float]:
     asyncio.run(_migrate(url))
     sync_rate = enqueue_sync_rate(url, n_single)
     async_rate = asyncio.run(enqueue_async_rate(url, n_single))
-    bulk_rate = asyncio.run(enqueue_bulk_rate(url, n))  # deletes the single-call jobs first
+    one_rate = asyncio.run(enqueue_one_at_a_time(url, n_single))
+    bulk_1k = asyncio.run(enqueue_bulk_rate(url, n, 1_000))
+    bulk_rate = asyncio.run(enqueue_bulk_rate(url, n))  # empties the table first: the drain takes these N
     spawned = time.time()
     child = serve("w1", url, workers, concurrency, "--burst")
     spy = _profile(child, profile) if profile is not None else None
@@ -143,7 +164,8 @@ def run_w1(url: str, n: int, n_single: int, workers: int, concurrency: int, prof
     if done != n:
         raise AssertionError(f"runner W1: {done} of {n} jobs succeeded")
     return {
-        "enqueue_sync": sync_rate, "enqueue_async": async_rate, "enqueue_bulk": bulk_rate,
+        "enqueue_sync": sync_rate, "enqueue_async": async_rate, "enqueue_async1": one_rate,
+        "enqueue_bulk_1k": bulk_1k, "enqueue_bulk": bulk_rate,
         "drain": n / (last - first), "startup_s": first - spawned, "rss_mb": child.worker_peak_mb(),
     }  # fmt: skip
 
