@@ -89,18 +89,18 @@ async def fetch(url: str, statement: str, *args: object) -> list[asyncpg.Record]
         await conn.close()
 
 
-def drain_span(url: str, n: int, what: str) -> float:
+def drain_span(url: str, n: int, what: str, after_id: int = 0) -> float:
     """N / (last finished_at − first started_at), after checking every job ran exactly once."""
     [row] = asyncio.run(fetch(url, """
         SELECT count(*) FILTER (WHERE state = 'succeeded' AND attempt = 1), count(*),
-               min(started_at), max(finished_at) FROM runner_jobs WHERE name = 'noop'"""))  # fmt: skip
+               min(started_at), max(finished_at) FROM runner_jobs WHERE name = 'noop' AND id > $1""", after_id))  # fmt: skip
     good, total, first, last = row
     if good != n or total != n:
         raise AssertionError(f"{what}: {good} of {total} rows succeeded exactly once, expected {n}")
     return n / (last - first)
 
 
-def drain(url: str, n: int, workers: int, concurrency: int, lanes: int = LANES) -> float:
+def drain(url: str, n: int, workers: int, concurrency: int, lanes: int = LANES, after_id: int = 0) -> float:
     batch = max(1, concurrency // lanes)
     children = [
         Child(f"limit-pg-drain-{i}", python("-m", "bench.limit_worker", "pg-drain", url, str(lanes), str(batch)), is_worker=True)
@@ -112,7 +112,7 @@ def drain(url: str, n: int, workers: int, concurrency: int, lanes: int = LANES) 
     finally:
         for child in children:
             child.stop()
-    return drain_span(url, n, "limit PG drain")
+    return drain_span(url, n, "limit PG drain", after_id)
 
 
 def run_w1(url: str, n: int, n_single: int, workers: int, concurrency: int) -> dict[str, float]:
@@ -125,7 +125,20 @@ def run_w2(url: str, n: int, users: int, workers: int, concurrency: int) -> dict
     return ref_bare.run_w2(url, n, users, concurrency, processes=workers)
 
 
-def run_w3(url: str, n: int, rate: float, workers: int, concurrency: int) -> dict[str, float]:
+def enqueue(url: str, n: int) -> None:
+    """N queued no-ops by COPY, the table left as it is (the growth mode's seeded rows stay)."""
+
+    async def go() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.copy_records_to_table("runner_jobs", records=_rows(n), columns=COPY_COLUMNS)
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+def run_w3(url: str, n: int, rate: float, workers: int, concurrency: int, after_id: int = 0) -> dict[str, float]:
     """``w`` LISTEN processes; a producer inserting one prepared row at a time at ``rate``."""
     asyncio.run(migrate(url))
     children = [
@@ -143,7 +156,9 @@ def run_w3(url: str, n: int, rate: float, workers: int, concurrency: int) -> dic
         await conn.close()
 
     def done() -> int:
-        return int(asyncio.run(fetch(url, "SELECT count(*) FROM runner_jobs WHERE state = 'succeeded'"))[0][0])
+        return int(
+            asyncio.run(fetch(url, "SELECT count(*) FROM runner_jobs WHERE state = 'succeeded' AND id > $1", after_id))[0][0]
+        )
 
     try:
         asyncio.run(trickle(1))  # proves the listeners are up; not counted
@@ -154,5 +169,7 @@ def run_w3(url: str, n: int, rate: float, workers: int, concurrency: int) -> dic
     finally:
         for child in children:
             child.stop()
-    rows = asyncio.run(fetch(url, "SELECT started_at - created_at FROM runner_jobs WHERE state = 'succeeded' ORDER BY id"))
+    rows = asyncio.run(
+        fetch(url, "SELECT started_at - created_at FROM runner_jobs WHERE state = 'succeeded' AND id > $1 ORDER BY id", after_id)
+    )
     return latency_figures([float(r[0]) * 1000 for r in rows[1:]])

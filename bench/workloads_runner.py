@@ -61,9 +61,14 @@ def serve(tag: str, url: str, workers: int, concurrency: int, *extra: str) -> Ch
     return Child(f"runner-{tag}", python(*args, "--log-level", "warning", "--no-scheduler", *extra))
 
 
-def _span(url: str) -> tuple[int, float, float]:
+def _span(url: str, after_id: int = 0) -> tuple[int, float, float]:
+    """Succeeded jobs with ids above ``after_id`` (rows seeded before are not this run's), and
+    their first start and last finish."""
     [(n, first, last)] = asyncio.run(
-        sql(url, "SELECT count(*), min(started_at), max(finished_at) FROM runner_jobs WHERE state = 'succeeded'")
+        sql(
+            url,
+            f"SELECT count(*), min(started_at), max(finished_at) FROM runner_jobs WHERE state = 'succeeded' AND id > {int(after_id)}",
+        )
     )
     return int(n), float(first or 0), float(last or 0)
 
@@ -211,7 +216,26 @@ def run_w2(url: str, n: int, users: int, workers: int, concurrency: int, *, at_l
     }  # fmt: skip
 
 
-def run_w3(url: str, n: int, rate: float, workers: int, concurrency: int) -> dict[str, float]:
+def drain(url: str, n: int, workers: int, concurrency: int, after_id: int = 0) -> float:
+    """Enqueue N no-ops in one call (table left as it is), drain them with ``--burst``: jobs/s."""
+
+    async def enqueue() -> None:
+        async with _async_producer(url):
+            await app.defer_many_async([noop.call() for _ in range(n)])
+
+    asyncio.run(enqueue())
+    child = serve("drain", url, workers, concurrency, "--burst")
+    try:
+        child.wait(600)
+    finally:
+        child.stop()
+    done, first, last = _span(url, after_id)
+    if done != n:
+        raise AssertionError(f"runner drain: {done} of {n} jobs succeeded")
+    return n / (last - first)
+
+
+def run_w3(url: str, n: int, rate: float, workers: int, concurrency: int, after_id: int = 0) -> dict[str, float]:
     """Workers started and idle; then ``n`` jobs enqueued one at a time at ``rate``/s."""
     asyncio.run(_migrate(url))
     child = serve("w3", url, workers, concurrency)
@@ -233,8 +257,12 @@ def run_w3(url: str, n: int, rate: float, workers: int, concurrency: int) -> dic
                     await asyncio.sleep(max(0.0, start + (i + 1) / rate - time.perf_counter()))
 
         asyncio.run(trickle())
-        wait_for(lambda: _span(url)[0] >= n + 1, 60)
+        wait_for(lambda: _span(url, after_id)[0] >= n + 1, 60)
     finally:
         child.stop()
-    rows = asyncio.run(sql(url, "SELECT started_at - created_at FROM runner_jobs WHERE state = 'succeeded' ORDER BY id"))
+    rows = asyncio.run(
+        sql(
+            url, f"SELECT started_at - created_at FROM runner_jobs WHERE state = 'succeeded' AND id > {int(after_id)} ORDER BY id"
+        )
+    )
     return latency_figures([float(r[0]) * 1000 for r in rows[1:]])
