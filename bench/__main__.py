@@ -27,7 +27,7 @@ from .procs import stop_all
 from .profile_summary import summarise
 from .settings import WORK
 from .table import BARE, PGQ, RUNNER_PG, RUNNER_PG_ALO, RUNNER_SQLITE, Results, checks, ratios, render, targets
-from .versus import LIMIT_PG, LIMIT_SQLITE, limit_targets, versus
+from .versus import LIMIT_PG, LIMIT_SQLITE, costs_table, limit_targets, versus
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SYSTEMS = ("runner-pg", "limit-pg", "runner-sqlite", "limit-sqlite", "pgqueuer", "celery", "bare")
@@ -54,7 +54,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--celery-concurrency", default="2,8", help="Celery prefork pool sizes, one row each; default 2,8")
     parser.add_argument("--idle-seconds", type=float, default=20.0, help="idle runner serve sampled this long; default 20")
     parser.add_argument("--profile", action="store_true",
-                        help="py-spy runner's workers during the first PostgreSQL W1 drain (bench/results/*.pyspy.txt)")  # fmt: skip
+                        help="py-spy runner's workers during the first PostgreSQL W1 drain and W2 (bench/results/*.pyspy.txt)")  # fmt: skip
     ns = parser.parse_args(argv)
     if ns.quick:
         ns.runs, ns.n_w1, ns.n_single, ns.n_w2, ns.users, ns.n_w3, ns.idle_seconds = 1, 2_000, 500, 500, 1_000, 100, 5.0
@@ -111,7 +111,8 @@ class Bench:
         if "runner-pg" in ns.only:
             profile = self.profile_path() if ns.profile and run == 1 else None
             self.step(RUNNER_PG, "W1", lambda: workloads_runner.run_w1(pg("runner"), ns.n_w1, ns.n_single, w, c, profile))
-            self.step(RUNNER_PG, "W2", lambda: workloads_runner.run_w2(pg("runner"), ns.n_w2, ns.users, w, c))
+            w2_profile = self.profile_path("w2") if ns.profile and run == 1 else None
+            self.step(RUNNER_PG, "W2", lambda: workloads_runner.run_w2(pg("runner"), ns.n_w2, ns.users, w, c, profile=w2_profile))
             self.step(RUNNER_PG, "W3", lambda: workloads_runner.run_w3(pg("runner"), ns.n_w3, ns.w3_rate, w, c))
             self.step(
                 RUNNER_PG_ALO, "W2", lambda: workloads_runner.run_w2(pg("runner"), ns.n_w2, ns.users, w, c, at_least_once=True)
@@ -142,8 +143,8 @@ class Bench:
         if "bare" in ns.only:
             self.step(BARE, "W2", lambda: ref_bare.run_w2(pg("bare"), ns.n_w2, ns.users, w * c))
 
-    def profile_path(self) -> Path:
-        return RESULTS / f"{self.stamp}-w1-drain-pg.pyspy.txt"
+    def profile_path(self, workload: str = "w1-drain") -> Path:
+        return RESULTS / f"{self.stamp}-{workload}-pg.pyspy.txt"
 
     def report(self, runs_done: int) -> str:
         ns = self.ns
@@ -155,12 +156,13 @@ class Bench:
             f"sampled {ns.idle_seconds:g} s. Median of {runs_done} run(s) (min–max). "
             f"Machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}."
         )
-        parts = [header, render(self.results), "runner ÷ its limit and ÷ the best peer:", versus(self.results),
+        parts = [header, render(self.results), "runner ÷ its limit and ÷ the best peer:", versus(self.results), costs_table(self.results),
                  limit_targets(self.results), ratios(self.results), checks(self.results),
                  targets(self.results, ns.workers, ns.concurrency)]  # fmt: skip
-        profile = self.profile_path()
-        if profile.exists():
-            parts.append("Profile of runner serve during the PostgreSQL W1 drain (py-spy):\n" + summarise(profile))
+        for workload, title in (("w1-drain", "W1 drain"), ("w2", "W2")):
+            profile = self.profile_path(workload)
+            if profile.exists():
+                parts.append(f"Profile of runner serve during the PostgreSQL {title} (py-spy):\n" + summarise(profile))
         if self.failures:
             parts.append("Failed steps (missing from the medians):\n" + "\n".join(f"- {f}" for f in self.failures))
         return "\n\n".join(p for p in parts if p)

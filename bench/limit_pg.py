@@ -23,6 +23,7 @@ import asyncpg
 from runner.drivers import open_driver
 
 from . import ref_bare
+from .costs import Meter
 from .procs import Child, python, wait_for
 from .stats import latency_figures
 
@@ -89,35 +90,44 @@ async def fetch(url: str, statement: str, *args: object) -> list[asyncpg.Record]
         await conn.close()
 
 
-def drain_span(url: str, n: int, what: str, after_id: int = 0) -> float:
-    """N / (last finished_at − first started_at), after checking every job ran exactly once."""
+def drain_span(url: str, n: int, what: str, after_id: int = 0) -> tuple[float, float, float]:
+    """N / (last finished_at − first started_at) and those two times, after checking every job
+    ran exactly once."""
     [row] = asyncio.run(fetch(url, """
         SELECT count(*) FILTER (WHERE state = 'succeeded' AND attempt = 1), count(*),
                min(started_at), max(finished_at) FROM runner_jobs WHERE name = 'noop' AND id > $1""", after_id))  # fmt: skip
     good, total, first, last = row
     if good != n or total != n:
         raise AssertionError(f"{what}: {good} of {total} rows succeeded exactly once, expected {n}")
-    return n / (last - first)
+    return n / (last - first), first, last
 
 
-def drain(url: str, n: int, workers: int, concurrency: int, lanes: int = LANES, after_id: int = 0) -> float:
+def drain(
+    url: str, n: int, workers: int, concurrency: int, lanes: int = LANES, after_id: int = 0, costs: dict[str, float] | None = None
+) -> float:
+    """The drain rate; ``costs`` (if given) receives CPU, writes and transactions per job."""
     batch = max(1, concurrency // lanes)
+    xacts = Meter.before(url)
     children = [
         Child(f"limit-pg-drain-{i}", python("-m", "bench.limit_worker", "pg-drain", url, str(lanes), str(batch)), is_worker=True)
         for i in range(workers)
     ]
+    meter = Meter(url, [c.proc.pid for c in children])
     try:
         for child in children:
             child.wait(600)
     finally:
         for child in children:
             child.stop()
-    return drain_span(url, n, "limit PG drain", after_id)
+    rate, first, last = drain_span(url, n, "limit PG drain", after_id)
+    if costs is not None:
+        costs.update(meter.figures("drain", n, first, last, xacts))
+    return rate
 
 
 def run_w1(url: str, n: int, n_single: int, workers: int, concurrency: int) -> dict[str, float]:
     figures = asyncio.run(_enqueue_figures(url, n, n_single))
-    figures["drain"] = drain(url, n, workers, concurrency)
+    figures["drain"] = drain(url, n, workers, concurrency, costs=figures)
     return figures
 
 

@@ -18,6 +18,7 @@ import sqlite3
 import time
 
 from . import ref_bare
+from .costs import Meter
 from .limit_pg import migrate
 from .procs import Child, python
 
@@ -54,7 +55,7 @@ def bulk_rate(conn: sqlite3.Connection, n: int, per_call: int) -> float:
     return n / (time.perf_counter() - t)
 
 
-def drain_span(url: str, n: int) -> float:
+def drain_span(url: str, n: int) -> tuple[float, float, float]:
     conn = _connect(url)
     try:
         good, total, first, last = conn.execute(
@@ -65,7 +66,7 @@ def drain_span(url: str, n: int) -> float:
         conn.close()
     if good != n or total != n:
         raise AssertionError(f"limit SQLite drain: {good} of {total} rows succeeded exactly once, expected {n}")
-    return n / (last - first)
+    return n / (last - first), first, last
 
 
 def run_w1(url: str, n: int, n_single: int, workers: int, concurrency: int) -> dict[str, float]:
@@ -84,13 +85,15 @@ def run_w1(url: str, n: int, n_single: int, workers: int, concurrency: int) -> d
         )  # fmt: skip
         for i in range(workers)
     ]
+    meter = Meter(url, [c.proc.pid for c in children])
     try:
         for child in children:
             child.wait(600)
     finally:
         for child in children:
             child.stop()
-    figures["drain"] = drain_span(url, n)
+    figures["drain"], first, last = drain_span(url, n)
+    figures.update(meter.figures("drain", n, first, last, None))
     return figures
 
 

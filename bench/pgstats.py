@@ -7,6 +7,8 @@ from typing import Any
 
 import asyncpg
 
+from .settings import PG_ADMIN
+
 _TABLE = """
     SELECT pg_total_relation_size('runner_jobs') AS total_bytes, pg_relation_size('runner_jobs') AS heap_bytes,
            pg_indexes_size('runner_jobs') AS index_bytes, n_live_tup, n_dead_tup, n_tup_upd, n_tup_hot_upd,
@@ -19,7 +21,7 @@ _INDEXES = """
 """
 _DATABASE = """
     SELECT xact_commit + xact_rollback, tup_updated, tup_inserted, blks_hit, blks_read, pg_current_wal_lsn()
-    FROM pg_stat_database WHERE datname = current_database()
+    FROM pg_stat_database WHERE datname = $1
 """
 
 
@@ -36,11 +38,12 @@ async def table_stats(url: str) -> dict[str, Any]:
 
 async def database_counters(url: str) -> tuple[int, int, int, int, int, int]:
     """(transactions, tuples updated, tuples inserted, buffer hits, buffer reads, WAL position).
-    The WAL position is the server's: other databases' writes count too (an upper bound)."""
-    conn = await asyncpg.connect(url)
+    The WAL position is the server's: other databases' writes count too (an upper bound). Read
+    from the admin database, so that reading opens no session in the measured one."""
+    conn = await asyncpg.connect(PG_ADMIN)
     try:
         await conn.execute("SELECT pg_stat_clear_snapshot()")
-        row = await conn.fetchrow(_DATABASE)
+        row = await conn.fetchrow(_DATABASE, url.rsplit("/", 1)[1].split("?")[0])
         return int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]), int(row[5])  # asyncpg: pg_lsn as int
     finally:
         await conn.close()

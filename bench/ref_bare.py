@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from runner.settings import async_url
 
 from . import seed
+from .costs import Meter
 from .procs import Child, python
 from .w2_body import activate
 
@@ -77,8 +78,11 @@ async def _lanes(url: str, ids: list[int], concurrency: int, start_at: float | N
             except Exception:
                 failed += 1
 
-    async with engine.connect():  # first connection outside the timing
-        pass
+    # Every lane's connection opened before the timing (and their codecs set up): runner's
+    # workers open theirs at start-up, outside their drain span too.
+    warm = [await engine.connect() for _ in range(concurrency)]
+    for conn in warm:
+        await conn.close()
     if start_at is not None:
         await asyncio.sleep(max(0.0, start_at - time.time()))
     t0 = time.time()
@@ -95,6 +99,7 @@ def run_w2(url: str, n: int, users: int, concurrency: int, processes: int = 1) -
         t0, t1, failed = asyncio.run(_lanes(url, list(range(1, n + 1)), concurrency, None))
     else:
         start_at = time.time() + 3.0  # every process connected and warm by then
+        xacts = Meter.before(url)
         children = [
             Child(
                 f"bare-w2-{i}",
@@ -103,6 +108,7 @@ def run_w2(url: str, n: int, users: int, concurrency: int, processes: int = 1) -
             )  # fmt: skip
             for i in range(processes)
         ]
+        meter = Meter(url, [c.proc.pid for c in children])
         try:
             for child in children:
                 child.wait(600)
@@ -112,10 +118,12 @@ def run_w2(url: str, n: int, users: int, concurrency: int, processes: int = 1) -
         spans = [json.loads(c.log_path.read_text().strip().splitlines()[-1]) for c in children]
         t0, t1, failed = min(s[0] for s in spans), max(s[1] for s in spans), sum(s[2] for s in spans)
     after = asyncio.run(seed.sessions_opened(url))
+    costs = meter.figures("w2", n, t0, t1, xacts) if processes > 1 else {}
     active, _ = asyncio.run(seed.active_users(url))
     return {
         "w2": n / (t1 - t0), "w2_failed": float(failed), "w2_active_off": float(active - n),
         "w2_connections": float(after - before) if before is not None and after is not None else float("nan"),
+        **costs,
     }  # fmt: skip
 
 

@@ -128,3 +128,23 @@ def limit_targets(results: Results) -> str:
         Target("idle host SQLite ≤ 1 % of a core", m(lite, "idle_cpu_pct"), 1, at_most=True, unit=" %"),
     ]
     return "\n".join(["| target (this issue) | measured (median) | |", "|---|---|---|", *(t.line() for t in rows)])
+
+
+COST_KEYS = [("host_ms", "host CPU ms/job"), ("db_ms", "DB backends CPU ms/job"), ("xacts", "transactions/job")]  # fmt: skip
+
+
+def costs_table(results: Results) -> str:
+    """Where a job's time goes, per system: CPU on the host, CPU in PostgreSQL, round trips."""
+    heads = [(w, k, f"{name}: {label}") for w, name in (("drain", "W1 drain"), ("w2", "W2")) for k, label in COST_KEYS]
+    rows = [r for r in results if any(f"{w}_{k}" in results[r] for w, k, _ in heads)]
+    if not rows:
+        return ""
+    lines = ["| cost per job (busy span only) | " + " | ".join(h for *_, h in heads) + " |", "|---" * (len(heads) + 1) + "|"]
+    for row in rows:
+        cells = [_ms(median(results, row, f"{w}_{k}")) for w, k, _ in heads]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _ms(x: float) -> str:
+    return "—" if math.isnan(x) else f"{x:.3f}"

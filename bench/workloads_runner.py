@@ -25,6 +25,7 @@ from runner.session import create_engine
 
 from . import seed
 from .bench_app import activate_job, app, noop
+from .costs import Meter
 from .procs import Child, python, wait_for
 from .settings import WORK
 from .stats import latency_figures
@@ -157,7 +158,9 @@ def run_w1(url: str, n: int, n_single: int, workers: int, concurrency: int, prof
     bulk_1k = asyncio.run(enqueue_bulk_rate(url, n, 1_000))
     bulk_rate = asyncio.run(enqueue_bulk_rate(url, n))  # empties the table first: the drain takes these N
     spawned = time.time()
+    xacts = Meter.before(url)
     child = serve("w1", url, workers, concurrency, "--burst")
+    meter = Meter(url, [child.proc.pid])
     spy = _profile(child, profile) if profile is not None else None
     try:
         child.wait(600)
@@ -172,6 +175,7 @@ def run_w1(url: str, n: int, n_single: int, workers: int, concurrency: int, prof
         "enqueue_sync": sync_rate, "enqueue_async": async_rate, "enqueue_async1": one_rate,
         "enqueue_bulk_1k": bulk_1k, "enqueue_bulk": bulk_rate,
         "drain": n / (last - first), "startup_s": first - spawned, "rss_mb": child.worker_peak_mb(),
+        **meter.figures("drain", n, first, last, xacts),
     }  # fmt: skip
 
 
@@ -186,7 +190,9 @@ def _profile(child: Child, out: Path) -> subprocess.Popen[bytes] | None:
     )  # fmt: skip
 
 
-def run_w2(url: str, n: int, users: int, workers: int, concurrency: int, *, at_least_once: bool = False) -> dict[str, float]:
+def run_w2(
+    url: str, n: int, users: int, workers: int, concurrency: int, *, at_least_once: bool = False, profile: Path | None = None
+) -> dict[str, float]:
     """``at_least_once``: the same database given as ``--database`` under another spelling of its
     URL, so the worker treats it as separate: the job commits, then its completion is written in
     a batch (what pgqueuer and Celery do). The default row is exactly-once: the completion rides
@@ -200,19 +206,26 @@ def run_w2(url: str, n: int, users: int, workers: int, concurrency: int, *, at_l
 
     asyncio.run(enqueue())
     before = asyncio.run(seed.sessions_opened(url))
+    xacts = Meter.before(url)
     extra = ("--database", url + "?") if at_least_once else ()  # "db?" is "db", spelled differently
     child = serve("w2", url, workers, concurrency, "--burst", *extra)
+    meter = Meter(url, [child.proc.pid])
+    spy = _profile(child, profile) if profile is not None else None
     try:
         child.wait(900)
     finally:
         child.stop()
+        if spy is not None:
+            spy.wait(30)
     after = asyncio.run(seed.sessions_opened(url))
     done, first, last = _span(url)
+    costs = meter.figures("w2", n, first, last, xacts)
     [(failed,)] = asyncio.run(sql(url, "SELECT count(*) FROM runner_jobs WHERE state <> 'succeeded'"))
     active, _ = asyncio.run(seed.active_users(url))
     return {
         "w2": done / (last - first), "w2_failed": float(failed), "w2_active_off": float(active - n),
         "w2_connections": float(after - before) if before is not None and after is not None else float("nan"),
+        **costs,
     }  # fmt: skip
 
 
