@@ -1,7 +1,7 @@
 """Summarise a py-spy ``--format raw`` profile of ``runner serve`` (``python -m bench --profile``):
 where the workers' CPU went during the drain, by the innermost runner function on the stack and
 by leaf frame. Start-up (imports, engine creation) and the supervisor are counted apart, since
-the drain figure excludes them. ``python -m bench.profile_summary FILE``."""
+the drain figure excludes them. ``python -m bench.profile_summary [--producer] FILE``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from collections import Counter
 from pathlib import Path
 
 
-def summarise(path: Path, top: int = 15) -> str:
+def summarise(path: Path, top: int = 15, producer: bool = False) -> str:
+    """``producer``: the profile is of one producer process (``profile_enqueue.py``), not a serve."""
     by_runner: Counter[str] = Counter()
     by_leaf: Counter[str] = Counter()
     supervisor = startup = drain = 0
@@ -19,7 +20,7 @@ def summarise(path: Path, top: int = 15) -> str:
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        if "run_worker" not in stack:
+        if "run_worker" not in stack and not producer:
             supervisor += n
             continue
         if "_find_and_load" in stack or "create_engine (runner/session.py" in stack:
@@ -43,4 +44,5 @@ def summarise(path: Path, top: int = 15) -> str:
 
 
 if __name__ == "__main__":
-    print(summarise(Path(sys.argv[1])))
+    args = sys.argv[1:]
+    print(summarise(Path(args[-1]), producer="--producer" in args))
