@@ -28,7 +28,7 @@ from typing import Any
 from . import limit_pg, seed, workloads_runner
 from .churn import run_churn
 from .explain import explain_hot
-from .growth_seed import add_finished
+from .growth_seed import add_finished, settle
 from .hosts import run_hosts
 from .pgstats import mb, server_setting, table_stats
 from .procs import stop_all
@@ -83,12 +83,17 @@ def retained(ns: argparse.Namespace, plans_out: list[str]) -> list[dict[str, Any
         have = size
         row: dict[str, Any] = {"retained": size, "seed_s": took}
         print(f"bench growth: {size:,}: drains, latency, plans", file=sys.stderr, flush=True)
+        asyncio.run(settle(url))  # every measurement starts vacuumed and checkpointed
         row["runner_drain"] = workloads_runner.drain(url, ns.n_drain, w, c, after_id=asyncio.run(_max_id(url)))
+        asyncio.run(settle(url))
         floor = asyncio.run(_max_id(url))
         limit_pg.enqueue(url, ns.n_drain)
         row["limit_drain"] = limit_pg.drain(url, ns.n_drain, w, c, after_id=floor)
+        asyncio.run(settle(url))
         runner_w3 = workloads_runner.run_w3(url, ns.n_w3, ns.w3_rate, w, c, after_id=asyncio.run(_max_id(url)))
+        asyncio.run(settle(url))
         limit_w3 = limit_pg.run_w3(url, ns.n_w3, ns.w3_rate, w, c, after_id=asyncio.run(_max_id(url)))
+        asyncio.run(settle(url))
         row.update({f"runner_{k}": v for k, v in runner_w3.items()})
         row.update({f"limit_{k}": v for k, v in limit_w3.items()})
         plans = asyncio.run(explain_hot(url))

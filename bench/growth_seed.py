@@ -8,6 +8,11 @@ owner and token, the attempt record in ``attempts`` (JSONB), ``finished_at`` spr
 purge (which deletes only rows older than 7 days) finds nothing to delete, as in a steady state.
 Afterwards ``VACUUM (ANALYZE)``: production's autovacuum would have set the visibility map and
 statistics long since (on this server it is off, so the benchmark does it).
+
+``settle`` runs before every measurement: ``VACUUM (ANALYZE)`` removes the dead tuples the
+previous measurement left (without it, each step would also measure the churn of the steps before
+it -- that is the churn section's question, not this one's), and ``CHECKPOINT`` flushes what
+seeding and vacuum dirtied, so the checkpointer's writes do not land inside the next drain.
 """
 
 from __future__ import annotations
@@ -45,7 +50,16 @@ async def add_finished(url: str, have: int, want: int, total: int) -> float:
         for start in range(have, want, CHUNK):
             stop = min(want, start + CHUNK) - 1
             await conn.execute(_INSERT, start, stop, now, SPREAD, total)
-        await conn.execute("VACUUM (ANALYZE) runner_jobs")
     finally:
         await conn.close()
+    await settle(url)
     return time.perf_counter() - t
+
+
+async def settle(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("VACUUM (ANALYZE) runner_jobs")
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
