@@ -197,7 +197,7 @@ def render_hosts(runs: list[dict[str, float]]) -> str:
     if not runs:
         return ""
     lines = [
-        "| runner serve processes | workers | claims/s | DB backend CPU ms/job | runner host CPU ms/job (incl. start-up) "
+        "| runner serve processes | workers | claims/s | DB backend CPU ms/job | runner host CPU ms/job "
         "| transactions/job | tuples updated/job | buffers/job | WAL bytes/job (server-wide) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]

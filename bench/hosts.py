@@ -3,8 +3,9 @@ PostgreSQL queue at once. This machine has 2 cores, so more hosts cannot mean mo
 what matters is what each job costs the database -- the number a capacity estimate is built from
 (``deploy/CAPACITY.md``).
 
-Per job: CPU of the database's backends (psutil on the backends of this database, since
-``pg_stat_statements`` is not preloaded on this server; see ``cpu.py``), CPU of the runner hosts,
+Per job, over the busy span (first start → last finish): CPU of the database's backends (psutil
+on the backends of this database, since ``pg_stat_statements`` is not preloaded on this server;
+see ``cpu.py``), CPU of the runner hosts,
 transactions committed (each autocommit statement is one: the round trips that commit), tuples
 updated, and WAL bytes (server-wide, so an upper bound while others use the server).
 """
@@ -39,13 +40,15 @@ def run_hosts(url: str, hosts: int, host_workers: int, concurrency: int, n: int)
     finally:
         for child in children:
             child.stop()
-    host_cpu = sum(t.stop() for t in trees)
-    db_cpu = db.stop()
+    for sampler in (*trees, db):
+        sampler.stop()
     xacts1, upd1, _, hit1, read1, lsn1 = asyncio.run(database_counters(url))
     wal = lsn1 - lsn0
     done, first, last = _span(url)
     if done != n:
         raise AssertionError(f"hosts={hosts}: {done} of {n} jobs succeeded")
+    host_cpu = sum(t.between(first, last)[0] for t in trees)  # busy span only: no imports, no exit
+    db_cpu = db.between(first, last)[0]
     return {
         "hosts": hosts, "workers": hosts * host_workers, "claims_per_s": n / (last - first),
         "db_cpu_ms_per_job": db_cpu / n * 1000, "host_cpu_ms_per_job": host_cpu / n * 1000,
