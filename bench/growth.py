@@ -52,6 +52,7 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--churn", type=int, default=1_000_000, help="jobs pushed through the churn queue; default 1M")
     p.add_argument("--churn-vacuum", default="0,60",
                    help="one churn run per value: seconds between bench-issued VACUUMs (0: none); default 0,60")  # fmt: skip
+    p.add_argument("--churn-systems", default="runner", help="runner and/or limit; default runner")
     p.add_argument("--hosts", default="1,2,4", help="runner serve processes at once, one run each")
     p.add_argument("--host-workers", type=int, default=1, help="-w of each serve in the hosts runs; default 1")
     p.add_argument("--n-hosts", type=int, default=50_000, help="jobs drained in each hosts run; default 50000")
@@ -148,11 +149,14 @@ def render_retained(rows: list[dict[str, Any]]) -> str:
 
 def churn(ns: argparse.Namespace) -> list[dict[str, Any]]:
     out = []
-    for every in _ints(ns.churn_vacuum):
-        url = asyncio.run(seed.fresh_postgres("churn"))
-        print(f"bench growth: churn of {ns.churn:,} (VACUUM every {every or 'never'} s)", file=sys.stderr, flush=True)
-        out.append(run_churn(url, ns.churn, ns.workers, ns.concurrency, float(every)))
-        out[-1]["autovacuum"] = asyncio.run(server_setting(url, "autovacuum"))
+    for system in ns.churn_systems.split(","):
+        for every in _ints(ns.churn_vacuum):
+            url = asyncio.run(seed.fresh_postgres("churn"))
+            print(
+                f"bench growth: {system} churn of {ns.churn:,} (VACUUM every {every or 'never'} s)", file=sys.stderr, flush=True
+            )
+            out.append(run_churn(url, ns.churn, ns.workers, ns.concurrency, float(every), system))
+            out[-1]["autovacuum"] = asyncio.run(server_setting(url, "autovacuum"))
     return out
 
 
@@ -162,16 +166,16 @@ def render_churn(runs: list[dict[str, Any]]) -> str:
     lines = [
         f"Server autovacuum: {runs[0]['autovacuum']}.",
         "",
-        "| vacuum | jobs | wall s | claims/s first 10 % | last 10 % | last ÷ first | table + indexes after | heap | indexes "
+        "| system | vacuum | jobs | wall s | claims/s first 10 % | last 10 % | last ÷ first | table + indexes after | heap | indexes "
         "| live / dead tuples after | HOT updates | autovacuum runs | bench VACUUMs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         a = r["after"]
         hot = a["n_tup_hot_upd"] / a["n_tup_upd"] if a["n_tup_upd"] else float("nan")
         vac = f"every {r['vacuum_every']:g} s (bench)" if r["vacuum_every"] else "none"
         lines.append(
-            f"| {vac} | {r['n']:,} | {r['wall_s']:.0f} | {r['first_rate']:,.0f} | {r['last_rate']:,.0f} "
+            f"| {r.get('system', 'runner')} | {vac} | {r['n']:,} | {r['wall_s']:.0f} | {r['first_rate']:,.0f} | {r['last_rate']:,.0f} "
             f"| {r['last_rate'] / r['first_rate']:.2f} | {mb(a['total_bytes'])} | {mb(a['heap_bytes'])} | {mb(a['index_bytes'])} "
             f"| {a['n_live_tup']:,} / {a['n_dead_tup']:,} | {hot:.0%} | {a['autovacuum_count']} | {r['vacuums']} |"
         )
@@ -179,7 +183,9 @@ def render_churn(runs: list[dict[str, Any]]) -> str:
         ok = r["last_rate"] >= 0.9 * r["first_rate"]
         vac = f"VACUUM every {r['vacuum_every']:g} s" if r["vacuum_every"] else "no vacuum"
         idx = ", ".join(f"{k} {mb(v)}" for k, v in r["after"]["indexes"].items())
-        lines += [f"- {vac}: last 10 % within 10 % of the first: {'met' if ok else 'MISSED'}; indexes after: {idx}"]
+        lines += [
+            f"- {r.get('system', 'runner')}, {vac}: last 10 % within 10 % of the first: {'met' if ok else 'MISSED'}; indexes after: {idx}"
+        ]
     return "\n".join(lines)
 
 
