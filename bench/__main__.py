@@ -22,14 +22,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import ref_bare, ref_celery, ref_pgqueuer, seed, workloads_runner
+from . import idle, limit_pg, limit_sqlite, ref_bare, ref_celery, ref_pgqueuer, seed, workloads_runner
 from .procs import stop_all
 from .profile_summary import summarise
 from .settings import WORK
 from .table import BARE, PGQ, RUNNER_PG, RUNNER_PG_ALO, RUNNER_SQLITE, Results, checks, ratios, render, targets
+from .versus import LIMIT_PG, LIMIT_SQLITE, costs_table, limit_targets, versus
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SYSTEMS = ("runner-pg", "runner-sqlite", "pgqueuer", "celery", "bare")
+SYSTEMS = ("runner-pg", "limit-pg", "runner-sqlite", "limit-sqlite", "pgqueuer", "celery", "bare")
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,7 +38,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes, one run: a smoke test of the harness")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (median, min–max); default 3")
     parser.add_argument("--only", default=",".join(SYSTEMS),
-                        help=f"comma-separated subset of {','.join(SYSTEMS)}; 'runner' means both runner rows")  # fmt: skip
+                        help=f"comma-separated subset of {','.join(SYSTEMS)}; 'runner' / 'limit' mean both rows")  # fmt: skip
     parser.add_argument("--n-w1", type=int, default=20_000, help="W1 no-op jobs drained (and bulk-enqueued); default 20000")
     parser.add_argument(
         "--n-single", type=int, default=2_000, help="jobs timed for each single-call enqueue figure; default 2000"
@@ -51,15 +52,17 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("-c", "--concurrency", type=int, default=32, help="jobs at once per worker; default 32")
     parser.add_argument("--celery-concurrency", default="2,8", help="Celery prefork pool sizes, one row each; default 2,8")
+    parser.add_argument("--idle-seconds", type=float, default=20.0, help="idle runner serve sampled this long; default 20")
     parser.add_argument("--profile", action="store_true",
-                        help="py-spy runner's workers during the first PostgreSQL W1 drain (bench/results/*.pyspy.txt)")  # fmt: skip
+                        help="py-spy runner's workers during the first PostgreSQL W1 drain and W2 (bench/results/*.pyspy.txt)")  # fmt: skip
     ns = parser.parse_args(argv)
     if ns.quick:
-        ns.runs, ns.n_w1, ns.n_single, ns.n_w2, ns.users, ns.n_w3 = 1, 2_000, 500, 500, 1_000, 100
+        ns.runs, ns.n_w1, ns.n_single, ns.n_w2, ns.users, ns.n_w3, ns.idle_seconds = 1, 2_000, 500, 500, 1_000, 100, 5.0
     only = set(ns.only.split(","))
-    if "runner" in only:
-        only |= {"runner-pg", "runner-sqlite"}
-    unknown = only - set(SYSTEMS) - {"runner"}
+    for both in ("runner", "limit"):
+        if both in only:
+            only |= {f"{both}-pg", f"{both}-sqlite"}
+    unknown = only - set(SYSTEMS) - {"runner", "limit"}
     if unknown:
         parser.error(f"--only: unknown {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
     ns.only = only
@@ -108,15 +111,25 @@ class Bench:
         if "runner-pg" in ns.only:
             profile = self.profile_path() if ns.profile and run == 1 else None
             self.step(RUNNER_PG, "W1", lambda: workloads_runner.run_w1(pg("runner"), ns.n_w1, ns.n_single, w, c, profile))
-            self.step(RUNNER_PG, "W2", lambda: workloads_runner.run_w2(pg("runner"), ns.n_w2, ns.users, w, c))
+            w2_profile = self.profile_path("w2") if ns.profile and run == 1 else None
+            self.step(RUNNER_PG, "W2", lambda: workloads_runner.run_w2(pg("runner"), ns.n_w2, ns.users, w, c, profile=w2_profile))
             self.step(RUNNER_PG, "W3", lambda: workloads_runner.run_w3(pg("runner"), ns.n_w3, ns.w3_rate, w, c))
             self.step(
                 RUNNER_PG_ALO, "W2", lambda: workloads_runner.run_w2(pg("runner"), ns.n_w2, ns.users, w, c, at_least_once=True)
             )
+            self.step(RUNNER_PG, "idle", lambda: idle.run_idle(pg("runner"), w, c, ns.idle_seconds))
+        if "limit-pg" in ns.only:
+            self.step(LIMIT_PG, "W1", lambda: limit_pg.run_w1(pg("limit"), ns.n_w1, ns.n_single, w, c))
+            self.step(LIMIT_PG, "W2", lambda: limit_pg.run_w2(pg("limit"), ns.n_w2, ns.users, w, c))
+            self.step(LIMIT_PG, "W3", lambda: limit_pg.run_w3(pg("limit"), ns.n_w3, ns.w3_rate, w, c))
         if "runner-sqlite" in ns.only:
             self.step(RUNNER_SQLITE, "W1", lambda: workloads_runner.run_w1(lite("runner"), ns.n_w1, ns.n_single, w, c))
             self.step(RUNNER_SQLITE, "W2", lambda: workloads_runner.run_w2(lite("runner"), ns.n_w2, ns.users, w, c))
             self.step(RUNNER_SQLITE, "W3", lambda: workloads_runner.run_w3(lite("runner"), ns.n_w3, ns.w3_rate, w, c))
+            self.step(RUNNER_SQLITE, "idle", lambda: idle.run_idle(lite("runner"), w, c, ns.idle_seconds))
+        if "limit-sqlite" in ns.only:
+            self.step(LIMIT_SQLITE, "W1", lambda: limit_sqlite.run_w1(lite("limit"), ns.n_w1, ns.n_single, w, c))
+            self.step(LIMIT_SQLITE, "W2", lambda: limit_sqlite.run_w2(lite("limit"), ns.n_w2, ns.users, w, c))
         if "pgqueuer" in ns.only:
             self.step(PGQ, "W1", lambda: ref_pgqueuer.run_w1(pg("pgq"), ns.n_w1, ns.n_single, w, c))
             self.step(PGQ, "W2", lambda: ref_pgqueuer.run_w2(pg("pgq"), ns.n_w2, ns.users, w, c))
@@ -130,23 +143,26 @@ class Bench:
         if "bare" in ns.only:
             self.step(BARE, "W2", lambda: ref_bare.run_w2(pg("bare"), ns.n_w2, ns.users, w * c))
 
-    def profile_path(self) -> Path:
-        return RESULTS / f"{self.stamp}-w1-drain-pg.pyspy.txt"
+    def profile_path(self, workload: str = "w1-drain") -> Path:
+        return RESULTS / f"{self.stamp}-{workload}-pg.pyspy.txt"
 
     def report(self, runs_done: int) -> str:
         ns = self.ns
         header = (
-            f"runner and pgqueuer: {ns.workers} worker processes × {ns.concurrency} concurrent jobs; Celery: one prefork "
-            f"worker per row. W1 N={ns.n_w1:,} (single-call enqueue timed over {ns.n_single:,} calls; async with "
-            f"{workloads_runner.PRODUCERS} concurrent producers, sync from one thread), W2 N={ns.n_w2:,} of {ns.users:,} "
-            f"users, W3 {ns.n_w3} jobs at {ns.w3_rate:g}/s. Median of {runs_done} run(s) (min–max). "
+            f"runner, pgqueuer and the limits: {ns.workers} worker processes × {ns.concurrency} concurrent jobs; Celery: "
+            f"one prefork worker per row. W1 N={ns.n_w1:,} (single-call enqueue timed over {ns.n_single:,} calls: sync "
+            f"from one thread, async one awaited call at a time, and async from {workloads_runner.PRODUCERS} concurrent "
+            f"producers), W2 N={ns.n_w2:,} of {ns.users:,} users, W3 {ns.n_w3} jobs at {ns.w3_rate:g}/s, idle host "
+            f"sampled {ns.idle_seconds:g} s. Median of {runs_done} run(s) (min–max). "
             f"Machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}."
         )
-        parts = [header, render(self.results), ratios(self.results), checks(self.results),
+        parts = [header, render(self.results), "runner ÷ its limit and ÷ the best peer:", versus(self.results), costs_table(self.results),
+                 limit_targets(self.results), ratios(self.results), checks(self.results),
                  targets(self.results, ns.workers, ns.concurrency)]  # fmt: skip
-        profile = self.profile_path()
-        if profile.exists():
-            parts.append("Profile of runner serve during the PostgreSQL W1 drain (py-spy):\n" + summarise(profile))
+        for workload, title in (("w1-drain", "W1 drain"), ("w2", "W2")):
+            profile = self.profile_path(workload)
+            if profile.exists():
+                parts.append(f"Profile of runner serve during the PostgreSQL {title} (py-spy):\n" + summarise(profile))
         if self.failures:
             parts.append("Failed steps (missing from the medians):\n" + "\n".join(f"- {f}" for f in self.failures))
         return "\n\n".join(p for p in parts if p)
@@ -166,6 +182,11 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["growth"]:
+        from .growth import main as growth_main
+
+        return growth_main(argv[1:])
     ns = _args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     bench = Bench(ns)

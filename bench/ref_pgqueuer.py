@@ -1,6 +1,7 @@
 """Reference: pgqueuer (the installed version) on the same PostgreSQL, one worker process per
-core (``pgq_worker.py``). W1: single async enqueue (PRODUCERS concurrent connections), bulk
-enqueue (one ``enqueue`` call with lists), drain; W2: the same job body on a pooled engine per
+core (``pgq_worker.py``). W1: single async enqueue (PRODUCERS concurrent connections, and one
+awaited call at a time on one), bulk enqueue (``enqueue`` with lists: calls of 1,000, one call of
+N), drain; W2: the same job body on a pooled engine per
 process; W3: latency. Rates come from ``pgqueuer_log``: first ``picked`` to last ``successful``."""
 
 from __future__ import annotations
@@ -28,15 +29,33 @@ async def _install(url: str) -> None:
         await conn.close()
 
 
-async def _bulk(url: str, entrypoint: str, payloads: list[bytes | None]) -> float:
+async def _bulk(url: str, entrypoint: str, payloads: list[bytes | None], per_call: int | None = None) -> float:
+    """One ``enqueue`` call with lists, or calls of ``per_call``; the table is emptied first."""
     conn = await asyncpg.connect(url)
     try:
         q = Queries(AsyncpgDriver(conn))
         await q.enqueue([entrypoint], [None], [0])  # prepare outside the timing
-        await conn.execute("DELETE FROM pgqueuer")
+        await conn.execute("TRUNCATE pgqueuer")
+        step = per_call or len(payloads)
         t = time.perf_counter()
-        await q.enqueue([entrypoint] * len(payloads), payloads, [0] * len(payloads))
+        for i in range(0, len(payloads), step):
+            chunk = payloads[i : i + step]
+            await q.enqueue([entrypoint] * len(chunk), chunk, [0] * len(chunk))
         return len(payloads) / (time.perf_counter() - t)
+    finally:
+        await conn.close()
+
+
+async def _one_at_a_time(url: str, n: int) -> float:
+    """``await q.enqueue(...)`` on one connection, each awaited before the next."""
+    conn = await asyncpg.connect(url)
+    try:
+        q = Queries(AsyncpgDriver(conn))
+        await q.enqueue("noop", None)
+        t = time.perf_counter()
+        for _ in range(n):
+            await q.enqueue("noop", None)
+        return n / (time.perf_counter() - t)
     finally:
         await conn.close()
 
@@ -96,7 +115,9 @@ def _run_drain(children: list[Child], timeout: float) -> None:
 def run_w1(url: str, n: int, n_single: int, workers: int, concurrency: int) -> dict[str, float]:
     asyncio.run(_install(url))
     single = asyncio.run(_single_async(url, n_single))
-    bulk = asyncio.run(_bulk(url, "noop", [None] * n))  # deletes the single-call jobs first
+    one = asyncio.run(_one_at_a_time(url, n_single))
+    bulk_1k = asyncio.run(_bulk(url, "noop", [None] * n, 1_000))
+    bulk = asyncio.run(_bulk(url, "noop", [None] * n))  # empties the table first: the drain takes these N
     asyncio.run(_fetch(url, "DELETE FROM pgqueuer_log"))
     children = _workers("w1", url, "noop", workers, concurrency)
     _run_drain(children, 900)
@@ -104,7 +125,7 @@ def run_w1(url: str, n: int, n_single: int, workers: int, concurrency: int) -> d
     if done != n:
         raise AssertionError(f"pgqueuer W1: {done} of {n} done")
     return {
-        "enqueue_async": single, "enqueue_bulk": bulk, "drain": n / span,
+        "enqueue_async": single, "enqueue_async1": one, "enqueue_bulk_1k": bulk_1k, "enqueue_bulk": bulk, "drain": n / span,
         "rss_mb": max(c.worker_peak_mb() for c in children),
     }  # fmt: skip
 

@@ -25,6 +25,7 @@ from runner.session import create_engine
 
 from . import seed
 from .bench_app import activate_job, app, noop
+from .costs import Meter
 from .procs import Child, python, wait_for
 from .settings import WORK
 from .stats import latency_figures
@@ -61,9 +62,14 @@ def serve(tag: str, url: str, workers: int, concurrency: int, *extra: str) -> Ch
     return Child(f"runner-{tag}", python(*args, "--log-level", "warning", "--no-scheduler", *extra))
 
 
-def _span(url: str) -> tuple[int, float, float]:
+def _span(url: str, after_id: int = 0) -> tuple[int, float, float]:
+    """Succeeded jobs with ids above ``after_id`` (rows seeded before are not this run's), and
+    their first start and last finish."""
     [(n, first, last)] = asyncio.run(
-        sql(url, "SELECT count(*), min(started_at), max(finished_at) FROM runner_jobs WHERE state = 'succeeded'")
+        sql(
+            url,
+            f"SELECT count(*), min(started_at), max(finished_at) FROM runner_jobs WHERE state = 'succeeded' AND id > {int(after_id)}",
+        )
     )
     return int(n), float(first or 0), float(last or 0)
 
@@ -113,25 +119,48 @@ async def enqueue_async_rate(url: str, n: int) -> float:
         return per * PRODUCERS / (time.perf_counter() - t)
 
 
-async def enqueue_bulk_rate(url: str, n: int) -> float:
-    """``await app.defer_many_async([...])``: N calls, one statement."""
+async def enqueue_one_at_a_time(url: str, n: int) -> float:
+    """``await job.defer_async()`` from one task, each call awaited before the next: the latency
+    of one enqueue, with nothing to batch with."""
+    async with _async_producer(url):
+        await noop.defer_async()  # connect and prepare outside the timing
+        t = time.perf_counter()
+        for _ in range(n):
+            await noop.defer_async()
+        return n / (time.perf_counter() - t)
+
+
+async def enqueue_bulk_rate(url: str, n: int, per_call: int | None = None) -> float:
+    """``await app.defer_many_async([...])``: N calls in one call, or in calls of ``per_call``.
+    The table is emptied first (TRUNCATE: no dead rows left for the drain to step over)."""
     async with _async_producer(url):
         await app.defer_many_async([noop.call()])  # connect outside the timing
-        await sql(url, "DELETE FROM runner_jobs")
+        await truncate(url)
         t = time.perf_counter()
-        handles = await app.defer_many_async([noop.call() for _ in range(n)])
+        done = 0
+        while done < n:
+            k = min(per_call or n, n - done)
+            done += len(await app.defer_many_async([noop.call() for _ in range(k)]))
         rate = n / (time.perf_counter() - t)
-    assert len(handles) == n
+    assert done == n
     return rate
+
+
+async def truncate(url: str) -> None:
+    await sql(url, "DELETE FROM runner_jobs" if url.startswith("sqlite") else "TRUNCATE runner_jobs")
 
 
 def run_w1(url: str, n: int, n_single: int, workers: int, concurrency: int, profile: Path | None = None) -> dict[str, float]:
     asyncio.run(_migrate(url))
     sync_rate = enqueue_sync_rate(url, n_single)
     async_rate = asyncio.run(enqueue_async_rate(url, n_single))
-    bulk_rate = asyncio.run(enqueue_bulk_rate(url, n))  # deletes the single-call jobs first
+    one_rate = asyncio.run(enqueue_one_at_a_time(url, n_single))
+    bulk_1k = asyncio.run(enqueue_bulk_rate(url, n, 1_000))
+    bulk_rate = asyncio.run(enqueue_bulk_rate(url, n))  # empties the table first: the drain takes these N
     spawned = time.time()
+    xacts = Meter.before(url)
     child = serve("w1", url, workers, concurrency, "--burst")
+    meter = Meter(url, [child.proc.pid])
     spy = _profile(child, profile) if profile is not None else None
     try:
         child.wait(600)
@@ -143,8 +172,10 @@ def run_w1(url: str, n: int, n_single: int, workers: int, concurrency: int, prof
     if done != n:
         raise AssertionError(f"runner W1: {done} of {n} jobs succeeded")
     return {
-        "enqueue_sync": sync_rate, "enqueue_async": async_rate, "enqueue_bulk": bulk_rate,
+        "enqueue_sync": sync_rate, "enqueue_async": async_rate, "enqueue_async1": one_rate,
+        "enqueue_bulk_1k": bulk_1k, "enqueue_bulk": bulk_rate,
         "drain": n / (last - first), "startup_s": first - spawned, "rss_mb": child.worker_peak_mb(),
+        **meter.figures("drain", n, first, last, xacts),
     }  # fmt: skip
 
 
@@ -159,7 +190,9 @@ def _profile(child: Child, out: Path) -> subprocess.Popen[bytes] | None:
     )  # fmt: skip
 
 
-def run_w2(url: str, n: int, users: int, workers: int, concurrency: int, *, at_least_once: bool = False) -> dict[str, float]:
+def run_w2(
+    url: str, n: int, users: int, workers: int, concurrency: int, *, at_least_once: bool = False, profile: Path | None = None
+) -> dict[str, float]:
     """``at_least_once``: the same database given as ``--database`` under another spelling of its
     URL, so the worker treats it as separate: the job commits, then its completion is written in
     a batch (what pgqueuer and Celery do). The default row is exactly-once: the completion rides
@@ -173,23 +206,49 @@ def run_w2(url: str, n: int, users: int, workers: int, concurrency: int, *, at_l
 
     asyncio.run(enqueue())
     before = asyncio.run(seed.sessions_opened(url))
+    xacts = Meter.before(url)
     extra = ("--database", url + "?") if at_least_once else ()  # "db?" is "db", spelled differently
     child = serve("w2", url, workers, concurrency, "--burst", *extra)
+    meter = Meter(url, [child.proc.pid])
+    spy = _profile(child, profile) if profile is not None else None
     try:
         child.wait(900)
     finally:
         child.stop()
+        if spy is not None:
+            spy.wait(30)
     after = asyncio.run(seed.sessions_opened(url))
     done, first, last = _span(url)
+    costs = meter.figures("w2", n, first, last, xacts)
     [(failed,)] = asyncio.run(sql(url, "SELECT count(*) FROM runner_jobs WHERE state <> 'succeeded'"))
     active, _ = asyncio.run(seed.active_users(url))
     return {
         "w2": done / (last - first), "w2_failed": float(failed), "w2_active_off": float(active - n),
         "w2_connections": float(after - before) if before is not None and after is not None else float("nan"),
+        **costs,
     }  # fmt: skip
 
 
-def run_w3(url: str, n: int, rate: float, workers: int, concurrency: int) -> dict[str, float]:
+def drain(url: str, n: int, workers: int, concurrency: int, after_id: int = 0) -> float:
+    """Enqueue N no-ops in one call (table left as it is), drain them with ``--burst``: jobs/s."""
+
+    async def enqueue() -> None:
+        async with _async_producer(url):
+            await app.defer_many_async([noop.call() for _ in range(n)])
+
+    asyncio.run(enqueue())
+    child = serve("drain", url, workers, concurrency, "--burst")
+    try:
+        child.wait(600)
+    finally:
+        child.stop()
+    done, first, last = _span(url, after_id)
+    if done != n:
+        raise AssertionError(f"runner drain: {done} of {n} jobs succeeded")
+    return n / (last - first)
+
+
+def run_w3(url: str, n: int, rate: float, workers: int, concurrency: int, after_id: int = 0) -> dict[str, float]:
     """Workers started and idle; then ``n`` jobs enqueued one at a time at ``rate``/s."""
     asyncio.run(_migrate(url))
     child = serve("w3", url, workers, concurrency)
@@ -211,8 +270,12 @@ def run_w3(url: str, n: int, rate: float, workers: int, concurrency: int) -> dic
                     await asyncio.sleep(max(0.0, start + (i + 1) / rate - time.perf_counter()))
 
         asyncio.run(trickle())
-        wait_for(lambda: _span(url)[0] >= n + 1, 60)
+        wait_for(lambda: _span(url, after_id)[0] >= n + 1, 60)
     finally:
         child.stop()
-    rows = asyncio.run(sql(url, "SELECT started_at - created_at FROM runner_jobs WHERE state = 'succeeded' ORDER BY id"))
+    rows = asyncio.run(
+        sql(
+            url, f"SELECT started_at - created_at FROM runner_jobs WHERE state = 'succeeded' AND id > {int(after_id)} ORDER BY id"
+        )
+    )
     return latency_figures([float(r[0]) * 1000 for r in rows[1:]])
