@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Final
@@ -31,9 +32,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..decide import Outcome
 from ..gc_pause import paused_gc
-from ..schema import Dialect, constraints, job_indexes, job_table, side_tables, workers_table
+from ..schema import BUCKETS, STATS_SUMS, Dialect, constraints, job_indexes, job_table, nodes_table, side_tables, workers_table
 from ..wire import MAX_DEPTH, MAX_HISTORY, PROTOCOL_VERSION, Attempt, BadRow, Envelope
-from .sql import COPY_FROM, INSERT_COLUMNS, JOB_COLUMNS, SQLDriver, claim_columns, outcome_params
+from .sql import COPY_FROM, INSERT_COLUMNS, JOB_COLUMNS, SQLDriver, claim_columns, outcome_params, tally_of
 
 __all__ = ["PostgresDriver", "plain_dsn"]
 
@@ -230,7 +231,14 @@ class PostgresDriver(SQLDriver):
             from .migrate_v1 import upgrade_postgres
 
             await upgrade_postgres(conn, constraints(DIALECT))
-        for statement in (job_table(DIALECT), *job_indexes(), *side_tables(DIALECT), workers_table(DIALECT), *_EXTRA_DDL):
+        for statement in (
+            job_table(DIALECT),
+            *job_indexes(),
+            *side_tables(DIALECT),
+            workers_table(DIALECT),
+            nodes_table(DIALECT),
+            *_EXTRA_DDL,
+        ):
             await conn.execute(text(statement))
 
     # -- enqueue --------------------------------------------------------------------------------
@@ -309,7 +317,7 @@ class PostgresDriver(SQLDriver):
         if not outcomes or any(o.children for o in outcomes):
             return await super().complete(outcomes)
         async with self._raw() as pg:
-            return len(await pg.fetch(_FINISH, *_finish_arrays(outcomes)))
+            return len(await pg.fetch(_FINISH_COUNTED, *_finish_arrays(outcomes), *_tally_arrays(outcomes)))
 
     async def set_progress(self, job_id: int, token: int, progress: str) -> bool:
         async with self._auto.connect() as conn:
@@ -350,9 +358,99 @@ class PostgresDriver(SQLDriver):
             await anyio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
+    # -- counters (runner_stats): in the statement that writes the outcomes ---------------------
+
+    async def _write_counted(self, conn: AsyncConnection, outcomes: Sequence[Outcome]) -> int:
+        if len(outcomes) == 1:
+            params = outcome_params(outcomes[0])
+            finish = tuple(params[f] for f in _FINISH_FIELDS)
+            return len((await conn.exec_driver_sql(_FINISH_ONE_COUNTED, (*finish, *_tally_arrays(outcomes)))).all())
+        return len((await conn.exec_driver_sql(_FINISH_COUNTED, (*_finish_arrays(outcomes), *_tally_arrays(outcomes)))).all())
+
+    async def fold_stats(self, now: float) -> int:
+        async with self._auto.connect() as conn:
+            return int((await conn.execute(_FOLD_STATS, {"cut": int(now // 60) - FOLD_AFTER_MINUTES})).rowcount)
+
+    # -- dashboard reads ------------------------------------------------------------------------
+
+    async def table_size(self) -> tuple[int, bool]:
+        """The planner's row estimate (kept by autovacuum): counting a million rows exactly
+        takes longer than a page view may."""
+        async with self._auto.connect() as conn:
+            estimate = (await conn.execute(_ESTIMATE)).scalar()
+            if estimate is not None and estimate >= 0:
+                return int(estimate), True
+            return int((await conn.execute(text("SELECT count(*) FROM runner_jobs"))).scalar() or 0), False
+
 
 _BATCH = msgspec.json.Encoder()
 _encode = msgspec.json.Encoder().encode
+
+# -- counters: the outcome write, wrapped ----------------------------------------------------------
+# The finish statement is wrapped, not copied: its RETURNING gives exactly the jobs whose guard
+# matched, and the counters of exactly those are upserted by the same statement (one round trip,
+# atomic with the outcomes, so a kill -9 can neither lose a count nor count twice). The tally's
+# parameters follow the finish statement's own, whatever their number.
+
+FOLD_AFTER_MINUTES: Final = 120
+_TALLY: Final = (
+    ("id", "bigint"), ("source", "text"), ("minute", "bigint"), ("name", "text"), ("queue", "text"), ("kind", "text"),
+    ("run_s", "float8"), ("wait_s", "float8"), ("costed", "integer"), ("statements", "bigint"), ("db_s", "float8"),
+    ("db_rows", "bigint"), ("tx_s", "float8"), ("pool_wait_s", "float8"),
+)  # fmt: skip
+_KEY: Final = "source, minute, name, queue, kind"
+_SUMS: Final = ", ".join(STATS_SUMS)
+_ADD: Final = ", ".join(f"{c} = runner_stats.{c} + excluded.{c}" for c in STATS_SUMS)
+_AGGREGATES: Final = ", ".join(
+    ["count(*)", *(f"sum(t.{c})" for c in STATS_SUMS[1:9])]
+    + [f"count(*) FILTER (WHERE t.run_s <= {b!r})" for b in BUCKETS]
+    + [f"count(*) FILTER (WHERE t.wait_s <= {b!r})" for b in BUCKETS]
+)
+
+
+def _counted(finish: str) -> str:
+    base = max(int(n) for n in re.findall(r"\$(\d+)", finish))
+    arrays = ", ".join(f"${base + i + 1}::{kind}[]" for i, (_, kind) in enumerate(_TALLY))
+    return f"""
+    WITH done AS ({finish}),
+    counted AS (
+        INSERT INTO runner_stats ({_KEY}, {_SUMS})
+        SELECT t.source, t.minute, t.name, t.queue, t.kind, {_AGGREGATES}
+        FROM done JOIN unnest({arrays}) AS t({", ".join(c for c, _ in _TALLY)}) ON t.id = done.id
+        GROUP BY t.source, t.minute, t.name, t.queue, t.kind
+        ON CONFLICT ({_KEY}) DO UPDATE SET {_ADD}
+    )
+    SELECT id FROM done
+    """
+
+
+_FINISH_COUNTED: Final = _counted(_FINISH)
+_FINISH_ONE_COUNTED: Final = _counted(_FINISH_ONE)
+# Folding moves rows, never copies them: DELETE ... RETURNING feeds the INSERT, so two hosts
+# folding at once cannot both fold a row (the second finds it deleted).
+_FOLD_STATS: Final = text(
+    f"""
+    WITH old AS (DELETE FROM runner_stats WHERE minute > 0 AND minute < :cut RETURNING name, queue, kind, {_SUMS})
+    INSERT INTO runner_stats ({_KEY}, {_SUMS})
+    SELECT '*', 0, name, queue, kind, {", ".join(f"sum({c})" for c in STATS_SUMS)} FROM old GROUP BY name, queue, kind
+    ON CONFLICT ({_KEY}) DO UPDATE SET {_ADD}
+    """
+)
+_ESTIMATE: Final = text("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass('runner_jobs')")
+
+
+def _tally_arrays(outcomes: Sequence[Outcome]) -> tuple[list[Any], ...]:
+    columns: tuple[list[Any], ...] = tuple([] for _ in _TALLY)
+    for o in outcomes:
+        source, minute, name, queue, kind, run_s, wait_s, cost = tally_of(o, lanes=True)
+        values: tuple[Any, ...] = (o.job_id, source, minute, name, queue, kind, run_s, wait_s)
+        if cost is None:
+            values += (0, 0, 0.0, 0, 0.0, 0.0)
+        else:
+            values += (1, cost.statements, cost.db_ms / 1000, cost.rows, cost.tx_ms / 1000, cost.pool_wait_ms / 1000)
+        for column, value in zip(columns, values):
+            column.append(value)
+    return columns
 
 
 def _copy_records(envelopes: Sequence[Envelope], now: float, max_payload: int) -> list[tuple[Any, ...]] | None:

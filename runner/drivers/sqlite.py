@@ -36,10 +36,10 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..decide import Outcome
-from ..schema import Dialect, job_indexes, job_table, side_tables, workers_table
+from ..schema import STATS_SUMS, Dialect, job_indexes, job_table, nodes_table, side_tables, workers_table
 from ..wire import MAX_HISTORY, Attempt, BadRow
-from .base import CancelResult, JobRow, WorkerRow
-from .sql import JOB_COLUMNS, SQLDriver, claim_columns, outcome_params
+from .base import CancelResult, JobRow, NodeRow, WorkerRow
+from .sql import JOB_COLUMNS, SQLDriver, claim_columns, outcome_params, tally_rows
 
 __all__ = ["SQLiteDriver", "control_path"]
 
@@ -130,6 +130,7 @@ _CONTROL_DDL: Final = (
     " progress TEXT NOT NULL, updated_at REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS runner_cancel (job_id INTEGER PRIMARY KEY, requested_at REAL NOT NULL)",
     workers_table(DIALECT),
+    nodes_table(DIALECT),
 )
 _RENEW: Final = text(
     "INSERT INTO runner_leases (job_id, token, expires_at) VALUES (:id, :token, :until)"
@@ -382,6 +383,62 @@ class SQLiteDriver(SQLDriver):
         await self.engine.dispose()
         if self.control is not self.engine:
             await self.control.dispose()
+
+    # -- counters (runner_stats): in the transaction that writes the outcomes ------------------
+
+    async def complete(self, outcomes: Sequence[Outcome]) -> int:
+        """One transaction per batch: the outcomes and their counters commit together (and one
+        commit for the batch is cheaper than one per row)."""
+        if not outcomes:
+            return 0
+        async with self.engine.begin() as conn:
+            return await self._complete_in(conn, outcomes)
+
+    async def _write_counted(self, conn: AsyncConnection, outcomes: Sequence[Outcome]) -> int:
+        """Inside a write transaction (BEGIN IMMEDIATE holds SQLite's one write lock), so the
+        rows read here are the rows the guarded write then matches."""
+        rows = (await conn.execute(_STILL_OURS, {"ids": [o.job_id for o in outcomes]})).all()
+        live = {int(i): token for i, token in rows}
+        mine = [o for o in outcomes if live.get(o.job_id) == o.token]
+        matched = await self._write_outcomes(conn, outcomes)
+        if mine:
+            await conn.execute(_STATS_UPSERT, tally_rows(mine, lanes=False))
+        return matched
+
+    async def fold_stats(self, now: float) -> int:
+        cut = {"cut": int(now // 60) - FOLD_AFTER_MINUTES}
+        async with self.engine.begin() as conn:
+            await conn.execute(_FOLD_STATS, cut)
+            return int((await conn.execute(_DROP_FOLDED, cut)).rowcount)
+
+    # -- dashboard reads ------------------------------------------------------------------------
+
+    async def table_size(self) -> tuple[int, bool]:
+        """Exact: SQLite counts a table from its smallest index's pages, milliseconds per million rows."""
+        async with self._auto.connect() as conn:
+            return int((await conn.execute(text("SELECT count(*) FROM runner_jobs"))).scalar() or 0), False
+
+    async def nodes(self, since: float) -> list[NodeRow]:
+        await self._ensure_control()
+        return await super().nodes(since)
+
+
+FOLD_AFTER_MINUTES: Final = 120
+_KEY: Final = "source, minute, name, queue, kind"
+_SUMS: Final = ", ".join(STATS_SUMS)
+_ADD: Final = ", ".join(f"{c} = runner_stats.{c} + excluded.{c}" for c in STATS_SUMS)
+_STATS_UPSERT: Final = text(
+    f"INSERT INTO runner_stats ({_KEY}, {_SUMS}) VALUES ({', '.join(':' + c for c in (*_KEY.split(', '), *STATS_SUMS))})"
+    f" ON CONFLICT ({_KEY}) DO UPDATE SET {_ADD}"
+)
+# Two statements, one transaction: SQLite's single writer keeps anyone from folding the same rows.
+_FOLD_STATS: Final = text(
+    f"INSERT INTO runner_stats ({_KEY}, {_SUMS})"
+    f" SELECT '*', 0, name, queue, kind, {', '.join(f'sum({c})' for c in STATS_SUMS)} FROM runner_stats"
+    f" WHERE minute > 0 AND minute < :cut GROUP BY name, queue, kind"
+    f" ON CONFLICT ({_KEY}) DO UPDATE SET {_ADD}"
+)
+_DROP_FOLDED: Final = text("DELETE FROM runner_stats WHERE minute > 0 AND minute < :cut")
 
 
 def _exists(path: str) -> bool:
