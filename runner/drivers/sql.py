@@ -471,12 +471,12 @@ class SQLDriver(Driver):
     async def stats_totals(self) -> list[StatsRow]:
         async with self._auto.connect() as conn:
             rows = (await conn.execute(_STATS_TOTALS)).all()
-        return [StatsRow(0, str(r[0]), str(r[1]), str(r[2]), dict(zip(STATS_SUMS, r[3:]))) for r in rows]
+        return [StatsRow(0, str(r[0]), str(r[1]), str(r[2]), dict(zip(STATS_SUMS, map(_number, r[3:])))) for r in rows]
 
     async def stats_since(self, minute: int) -> list[StatsRow]:
         async with self._auto.connect() as conn:
             rows = (await conn.execute(_STATS_SINCE, {"minute": int(minute)})).all()
-        return [StatsRow(int(r[0]), str(r[1]), str(r[2]), str(r[3]), dict(zip(STATS_SUMS, r[4:]))) for r in rows]
+        return [StatsRow(int(r[0]), str(r[1]), str(r[2]), str(r[3]), dict(zip(STATS_SUMS, map(_number, r[4:])))) for r in rows]
 
     # -- dashboard reads ------------------------------------------------------------------------
 
@@ -792,3 +792,8 @@ def _glob_to_like(pattern: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def _number(value: Any) -> float:
+    """A summed counter as a float (PostgreSQL sums bigints into numeric)."""
+    return float(value or 0)
