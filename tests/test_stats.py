@@ -84,11 +84,30 @@ async def test_folding_old_minutes_keeps_every_sum(driver: Driver, broker_url: s
     before = await driver.stats_totals()
     assert await driver.fold_stats(time.time()) >= 1
     assert await driver.stats_totals() == before, "folding moves counts, never changes them"
-    minutes = sorted(m for (m,) in sql(broker_url, "SELECT minute FROM runner_stats"))
-    assert minutes[0] == 0 and minutes[1] > 0 and len(minutes) == 2, minutes
+    rows = sorted(sql(broker_url, "SELECT minute, source FROM runner_stats"))
+    assert rows[0][0] == 0 and rows[1][0] > 0 and len(rows) == 2, rows
+    assert rows[0][1] == "*" and rows[1][1] != "*", "the current minute stays with its writer"
     assert [r.values["n"] for r in await driver.stats_since(int(time.time() // 60) - 60)] == [1]
     await driver.fold_stats(time.time())  # again: nothing left to fold, nothing changes
     assert await driver.stats_totals() == before
+
+
+async def test_ended_minutes_of_every_writer_fold_into_one_row(driver: Driver, broker_url: str) -> None:
+    await driver.enqueue([Envelope(name="lanes") for _ in range(3)])
+    items = await claim(driver, 3)
+    ten_minutes_ago = time.time() - 600
+    for lane, item in enumerate(items):
+        outcome = msgspec.structs.replace(decide(item, Policy(), Returned(None), now=ten_minutes_ago), lane=lane)
+        async with driver.engine.begin() as conn:
+            assert await driver.complete_in(conn, outcome)
+    assert await driver.fold_stats(time.time()) >= 1
+    assert sql(broker_url, "SELECT source, n FROM runner_stats") == [("*", 3)]
+    [row] = await driver.stats_since(int(ten_minutes_ago // 60))
+    assert row.values["n"] == 3 and row.name == "*"
+    [by_name] = await driver.stats_since(int(ten_minutes_ago // 60), per="name")
+    assert (by_name.name, by_name.minute, by_name.values["n"]) == ("lanes", 0, 3)
+    with pytest.raises(ValueError, match="accepted: minute, name, queue"):
+        await driver.stats_since(0, per="hour")
 
 
 async def test_each_job_slot_has_its_own_counter_row_on_postgres(pg_url: str) -> None:

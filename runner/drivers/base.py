@@ -314,16 +314,18 @@ class Driver(ABC):
 
     @abstractmethod
     async def fold_stats(self, now: float) -> int:
-        """Fold counter rows older than two hours into one row per key (minute 0); returns how
-        many rows were folded. Sums are unchanged, so counters never go back."""
+        """Fold the counter rows of ended minutes into one row per (minute, key), and minutes
+        older than two hours into one row per key (minute 0); returns how many rows were
+        folded. Sums are unchanged, so counters never go back."""
 
     @abstractmethod
     async def stats_totals(self) -> list[StatsRow]:
         """Counters over all time, per (name, queue, kind)."""
 
     @abstractmethod
-    async def stats_since(self, minute: int) -> list[StatsRow]:
-        """Counters per (minute, name, queue, kind) for the minutes from ``minute`` on."""
+    async def stats_since(self, minute: int, per: str = "minute") -> list[StatsRow]:
+        """Counters of the minutes from ``minute`` on, summed ``per`` minute (and queue and
+        kind; name ``*``), per ``name`` (and queue and kind; minute 0), or per ``queue``."""
 
     @abstractmethod
     async def queue_counts(self, now: float) -> list[QueueCounts]:

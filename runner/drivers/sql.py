@@ -473,9 +473,12 @@ class SQLDriver(Driver):
             rows = (await conn.execute(_STATS_TOTALS)).all()
         return [StatsRow(0, str(r[0]), str(r[1]), str(r[2]), dict(zip(STATS_SUMS, map(_number, r[3:])))) for r in rows]
 
-    async def stats_since(self, minute: int) -> list[StatsRow]:
+    async def stats_since(self, minute: int, per: str = "minute") -> list[StatsRow]:
+        statement = _STATS_SINCE.get(per)
+        if statement is None:
+            raise ValueError(f"stats_since(per={per!r}); accepted: {', '.join(_STATS_SINCE)}")
         async with self._auto.connect() as conn:
-            rows = (await conn.execute(_STATS_SINCE, {"minute": int(minute)})).all()
+            rows = (await conn.execute(statement, {"minute": int(minute)})).all()
         return [StatsRow(int(r[0]), str(r[1]), str(r[2]), str(r[3]), dict(zip(STATS_SUMS, map(_number, r[4:])))) for r in rows]
 
     # -- dashboard reads ------------------------------------------------------------------------
@@ -580,14 +583,20 @@ SEARCH_WINDOW: Final = 100_000  # rows a page of an unindexed search examines at
 _NO_ID: Final = 2**63 - 1
 _CLOCK_SLACK_IDS: Final = 1000  # producers' clocks differ a little: start a time range this far above
 _ENDED: Final = "state IN ('failed', 'cancelled', 'expired')"  # the partial index runner_jobs_ended
-_SUM_LIST: Final = ", ".join(f"sum({c})" for c in STATS_SUMS)
+# Sums as doubles: PostgreSQL would sum bigints into numeric, slow to decode by the thousand.
+_SUM_LIST: Final = ", ".join(f"CAST(sum({c}) AS DOUBLE PRECISION)" for c in STATS_SUMS)
 _STATS_TOTALS = text(
     f"SELECT name, queue, kind, {_SUM_LIST} FROM runner_stats GROUP BY name, queue, kind ORDER BY name, queue, kind"
 )
-_STATS_SINCE = text(
-    f"SELECT minute, name, queue, kind, {_SUM_LIST} FROM runner_stats WHERE minute >= :minute"
-    " GROUP BY minute, name, queue, kind ORDER BY minute"
-)
+_STATS_SINCE: Final = {
+    # per minute and queue (the charts, the queues' last hour), per job name (what jobs cost), per queue
+    per: text(f"SELECT {select}, {_SUM_LIST} FROM runner_stats WHERE minute >= :minute GROUP BY {group} ORDER BY {group}")
+    for per, select, group in (
+        ("minute", "minute, '*', queue, kind", "minute, queue, kind"),
+        ("name", "0, name, queue, kind", "name, queue, kind"),
+        ("queue", "0, '*', queue, kind", "queue, kind"),
+    )
+}
 _QUEUED_BY_QUEUE = text(
     "SELECT queue, sum(CASE WHEN run_at <= :now THEN 1 ELSE 0 END), sum(CASE WHEN run_at > :now THEN 1 ELSE 0 END),"
     " min(CASE WHEN run_at <= :now THEN run_at END) FROM runner_jobs WHERE state = 'queued' GROUP BY queue"

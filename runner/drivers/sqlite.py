@@ -406,10 +406,12 @@ class SQLiteDriver(SQLDriver):
         return matched
 
     async def fold_stats(self, now: float) -> int:
-        cut = {"cut": int(now // 60) - FOLD_AFTER_MINUTES}
+        minute = int(now // 60)
         async with self.engine.begin() as conn:
-            await conn.execute(_FOLD_STATS, cut)
-            return int((await conn.execute(_DROP_FOLDED, cut)).rowcount)
+            await conn.execute(_FOLD_LANES, {"cut": minute - 1})
+            folded = int((await conn.execute(_DROP_LANES, {"cut": minute - 1})).rowcount)
+            await conn.execute(_FOLD_STATS, {"cut": minute - FOLD_AFTER_MINUTES})
+            return folded + int((await conn.execute(_DROP_FOLDED, {"cut": minute - FOLD_AFTER_MINUTES})).rowcount)
 
     # -- dashboard reads ------------------------------------------------------------------------
 
@@ -439,6 +441,14 @@ _FOLD_STATS: Final = text(
     f" ON CONFLICT ({_KEY}) DO UPDATE SET {_ADD}"
 )
 _DROP_FOLDED: Final = text("DELETE FROM runner_stats WHERE minute > 0 AND minute < :cut")
+# Ended minutes of every writer into one row per (minute, key).
+_FOLD_LANES: Final = text(
+    f"INSERT INTO runner_stats ({_KEY}, {_SUMS})"
+    f" SELECT '*', minute, name, queue, kind, {', '.join(f'sum({c})' for c in STATS_SUMS)} FROM runner_stats"
+    f" WHERE source <> '*' AND minute < :cut GROUP BY minute, name, queue, kind"
+    f" ON CONFLICT ({_KEY}) DO UPDATE SET {_ADD}"
+)
+_DROP_LANES: Final = text("DELETE FROM runner_stats WHERE source <> '*' AND minute < :cut")
 
 
 def _exists(path: str) -> bool:

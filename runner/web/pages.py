@@ -46,7 +46,7 @@ class QueueLine:
 
 async def overview(driver: Driver, app: App | None, now: float) -> dict[str, Any]:
     minute = int(now // 60)
-    rows = await driver.stats_since(minute - 59)
+    rows = await driver.stats_since(minute - 59, per="minute")
     counts = {c.queue: c for c in await driver.queue_counts(now)}
     flows = queue_flows(rows)
     known = set(app.queues()) if app is not None else set()
@@ -63,7 +63,7 @@ async def overview(driver: Driver, app: App | None, now: float) -> dict[str, Any
         if row.kind in ("succeeded", "failed", "retried"):
             everything.run.add(row, "run")
             everything.wait.add(row, "wait")
-    costs = [c for c in cost_lines(rows) if c.measured]
+    costs = [c for c in cost_lines(await driver.stats_since(minute - 59, per="name")) if c.measured]
     cost_scope = "last hour"
     if not costs:
         costs = [c for c in cost_lines(await driver.stats_totals()) if c.measured]
