@@ -26,7 +26,7 @@ from . import ref_bare, ref_celery, ref_pgqueuer, seed, workloads_runner
 from .procs import stop_all
 from .profile_summary import summarise
 from .settings import WORK
-from .table import BARE, PGQ, RUNNER_PG, RUNNER_PG_ALO, RUNNER_SQLITE, Results, checks, ratios, render, targets
+from .table import BARE, PGQ, RUNNER_PG, RUNNER_PG_ALO, RUNNER_PG_NOCOST, RUNNER_SQLITE, Results, checks, ratios, render, targets
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SYSTEMS = ("runner-pg", "runner-sqlite", "pgqueuer", "celery", "bare")
@@ -112,6 +112,10 @@ class Bench:
             self.step(RUNNER_PG, "W3", lambda: workloads_runner.run_w3(pg("runner"), ns.n_w3, ns.w3_rate, w, c))
             self.step(
                 RUNNER_PG_ALO, "W2", lambda: workloads_runner.run_w2(pg("runner"), ns.n_w2, ns.users, w, c, at_least_once=True)
+            )
+            # The same W2 with --no-db-cost: what measuring each attempt's database cost costs.
+            self.step(
+                RUNNER_PG_NOCOST, "W2", lambda: workloads_runner.run_w2(pg("runner"), ns.n_w2, ns.users, w, c, db_cost=False)
             )
         if "runner-sqlite" in ns.only:
             self.step(RUNNER_SQLITE, "W1", lambda: workloads_runner.run_w1(lite("runner"), ns.n_w1, ns.n_single, w, c))

@@ -159,7 +159,9 @@ def _profile(child: Child, out: Path) -> subprocess.Popen[bytes] | None:
     )  # fmt: skip
 
 
-def run_w2(url: str, n: int, users: int, workers: int, concurrency: int, *, at_least_once: bool = False) -> dict[str, float]:
+def run_w2(
+    url: str, n: int, users: int, workers: int, concurrency: int, *, at_least_once: bool = False, db_cost: bool = True
+) -> dict[str, float]:
     """``at_least_once``: the same database given as ``--database`` under another spelling of its
     URL, so the worker treats it as separate: the job commits, then its completion is written in
     a batch (what pgqueuer and Celery do). The default row is exactly-once: the completion rides
@@ -173,7 +175,9 @@ def run_w2(url: str, n: int, users: int, workers: int, concurrency: int, *, at_l
 
     asyncio.run(enqueue())
     before = asyncio.run(seed.sessions_opened(url))
-    extra = ("--database", url + "?") if at_least_once else ()  # "db?" is "db", spelled differently
+    extra: tuple[str, ...] = ("--database", url + "?") if at_least_once else ()  # "db?" is "db", spelled differently
+    if not db_cost:
+        extra += ("--no-db-cost",)
     child = serve("w2", url, workers, concurrency, "--burst", *extra)
     try:
         child.wait(900)

@@ -380,9 +380,11 @@ class PostgresDriver(SQLDriver):
         takes longer than a page view may."""
         async with self._auto.connect() as conn:
             estimate = (await conn.execute(_ESTIMATE)).scalar()
-            if estimate is not None and estimate >= 0:
+            if estimate is not None and estimate >= EXACT_BELOW:
                 return int(estimate), True
-            return int((await conn.execute(text("SELECT count(*) FROM runner_jobs"))).scalar() or 0), False
+            # Small, or never analyzed yet: count, but never more than a page view can afford.
+            n = int((await conn.execute(_COUNT_UP_TO, {"n": 2 * EXACT_BELOW})).scalar() or 0)
+            return n, n >= 2 * EXACT_BELOW
 
 
 _BATCH = msgspec.json.Encoder()
@@ -449,6 +451,8 @@ _FOLD_LANES: Final = text(
     ON CONFLICT ({_KEY}) DO UPDATE SET {_ADD}
     """
 )
+EXACT_BELOW: Final = 200_000  # table_size counts exactly below this many rows
+_COUNT_UP_TO: Final = text("SELECT count(*) FROM (SELECT 1 FROM runner_jobs LIMIT :n) AS t")
 _ESTIMATE: Final = text("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass('runner_jobs')")
 
 

@@ -503,6 +503,14 @@ class SQLDriver(Driver):
         before = where.before_id
         if before is None and where.created_before is not None:
             before = await self._id_created_by(where.created_before)
+        if where.created_after is not None:
+            # The range's other end by the same bisection: an hour three days ago is scanned as
+            # that hour's rows, not as a window of the newest ones.
+            start = await self._id_created_by(where.created_after)
+            if start is not None:
+                clauses.append("id > :created_from")
+                params["created_from"] = start - 2 * _CLOCK_SLACK_IDS
+                windowed = windowed and before is None
         floor: int | None = None
         if windowed:
             async with self._auto.connect() as conn:
@@ -604,7 +612,7 @@ _QUEUED_BY_QUEUE = text(
 _RUNNING_BY_QUEUE = text("SELECT queue, count(*) FROM runner_jobs WHERE state = 'running' GROUP BY queue")
 _ENDED_BY_QUEUE = text(f"SELECT queue, state, count(*) FROM runner_jobs WHERE {_ENDED} GROUP BY queue, state")
 _WINDOW_FLOOR = text("SELECT id FROM runner_jobs WHERE id < :before ORDER BY id DESC LIMIT 1 OFFSET :window")
-_ID_RANGE = text("SELECT min(id), max(id) FROM runner_jobs")
+_ID_RANGE = text("SELECT (SELECT min(id) FROM runner_jobs), (SELECT max(id) FROM runner_jobs)")
 _CREATED_AT_OR_AFTER = text("SELECT created_at FROM runner_jobs WHERE id >= :id ORDER BY id LIMIT 1")
 _RUNNING: Final = "state = 'running'"
 _NODE_SEEN = text(
