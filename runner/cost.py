@@ -10,8 +10,9 @@ never charged to the job.
 * statements, and the time spent in them: ``before``/``after_cursor_execute``;
 * rows: returned by queries (the async drivers buffer a result at execute time) or affected by writes;
 * transaction length: from the session's BEGIN until the job returned (its trailing flush included);
-* pool wait: the session's first connection, timed by ``MeteredSession`` (on SQLite this
-  includes the wait for the process's writer lock and the ``BEGIN IMMEDIATE``).
+* pool wait: from the session's first need of a connection (``MeteredSession``) until its
+  transaction began (on SQLite this includes the wait for the process's writer lock and the
+  ``BEGIN IMMEDIATE``).
 
 The cost is a ``wire.Cost`` in the attempt's history; ``python -m bench`` measures the overhead
 (``--no-db-cost`` turns it off).
@@ -39,11 +40,11 @@ _installed: set[int] = set()
 class Meter:
     """One attempt's running totals; ``stop`` freezes them (later statements are not counted)."""
 
-    __slots__ = ("_t", "active", "db", "first_use", "pool_wait", "rows", "statements", "stopped_at", "tx_start")
+    __slots__ = ("_t", "active", "asked_at", "db", "pool_wait", "rows", "statements", "stopped_at", "tx_start")
 
     def __init__(self) -> None:
         self.active = True
-        self.first_use = True  # the session has not asked for a connection yet
+        self.asked_at: float | None = None  # when the session first needed a connection
         self.statements = 0
         self.rows = 0
         self.db = 0.0
@@ -118,21 +119,21 @@ def _after_begin(session: Session, transaction: Any, connection: Connection) -> 
         connection.info[KEY] = meter
         if meter.tx_start is None:
             meter.tx_start = time.perf_counter()
+            if meter.asked_at is not None:  # checkout (and on SQLite the writer lock and BEGIN) just ended
+                meter.pool_wait = meter.tx_start - meter.asked_at
 
 
 class MeteredSession(AsyncSession):
-    """An AsyncSession that times its first connection (the pool wait) when it carries a meter.
-    Every entry point that may need a connection takes it first, timed, then goes on as usual."""
+    """An AsyncSession that notes when it first needs a connection, when it carries a meter:
+    the pool wait runs from there to its transaction's start (``after_begin``), measured
+    without an extra round into the session's greenlet."""
 
     meter: Meter | None = None
 
     async def _first_use(self) -> None:
         meter = self.meter
-        if meter is not None and meter.first_use:
-            meter.first_use = False
-            t = time.perf_counter()
-            await super().connection()
-            meter.pool_wait = time.perf_counter() - t
+        if meter is not None and meter.asked_at is None:
+            meter.asked_at = time.perf_counter()
 
     async def connection(self, *args: Any, **kwargs: Any) -> Any:
         await self._first_use()
