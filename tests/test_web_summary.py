@@ -52,7 +52,7 @@ def test_filters_parse_or_say_what_is_accepted() -> None:
     assert parse_time("1700000000.5", "since") == 1700000000.5
     assert parse_query({}).limit == 50 and parse_query({"state": ""}).where.state is None
     for bad in ({"state": "done"}, {"id": "1e3"}, {"limit": "501"}, {"until": "tomorrow"}, {"key": "a\x00b"}):
-        with pytest.raises(BadRequest, match="accepted|at most"):
+        with pytest.raises(BadRequest, match=r"accepted|at most"):
             parse_query(bad)
     assert parse_ids(["3", " 4 "]) == [3, 4]
     with pytest.raises(BadRequest, match="is not a job id"):
