@@ -137,7 +137,9 @@ async def _seed_stats(conn: Any, now: float) -> None:
 
     for m in range(minute - 120, minute):
         for job in range(NAMES):
-            rows += [row("*", m, job, "succeeded", 40), row("*", m, job, "failed", 1), row("*", m, job, "retried", 2)]
+            busy = 20 + (m * 37 + job * 11) % 41  # a little variety, so the charts look like a day's work
+            failed = 3 if (m + job) % 17 == 0 else (m + job) % 3 // 2
+            rows += [row("*", m, job, "succeeded", busy), row("*", m, job, "failed", failed), row("*", m, job, "retried", 2)]
     for lane in range(256):
         rows += [
             row(f"host-{lane % 4}:100:{lane // 64}/{lane % 32}", minute, (lane + k) % NAMES, "succeeded", 3) for k in range(2)

@@ -140,6 +140,8 @@ async def test_filters_narrow_the_list_and_pages_follow_the_keyset(client: httpx
         older = re.search(r'href="(/jobs\?[^"]+)" id="older"', page.text)
         url = older.group(1).replace("&amp;", "&") if older else ""
     assert seen == sorted(set(ids.values()), reverse=True), "keyset pages: newest first, no gaps, no repeats"
+    second = await client.get(f"/jobs?limit=3&before={seen[2]}")
+    assert 'href="/jobs?limit=3" id="newest"' in second.text, "a later page links back to the newest"
 
 
 @pytest.mark.parametrize(

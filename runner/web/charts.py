@@ -37,10 +37,12 @@ def _frame(top: float, unit: str, series: Sequence[Minute], label: str) -> list[
     ]
     if series:
         step = (WIDTH - LEFT) / len(series)
+        last = len(series) - 1
         for i, m in enumerate(series):
-            if m.minute % 15 == 0 or i == len(series) - 1:
+            if i == last or (m.minute % 15 == 0 and last - i > 4):  # quarter hours, and now (never on top of each other)
                 x = LEFT + i * step + step / 2
-                parts.append(f'<text class="tick" x="{x:.1f}" y="{HEIGHT - 4}" text-anchor="middle">{_clock(m.minute)}</text>')
+                anchor = "end" if i == last else "middle"
+                parts.append(f'<text class="tick" x="{x:.1f}" y="{HEIGHT - 4}" text-anchor="{anchor}">{_clock(m.minute)}</text>')
     return parts
 
 
