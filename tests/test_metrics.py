@@ -48,6 +48,13 @@ def counters(samples: dict[Any, float]) -> dict[Any, float]:
     return {k: v for k, v in samples.items() if k[0].endswith(("_total", "_count", "_bucket"))}
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _up(port: int) -> bool:
     try:
         scrape(port)
@@ -82,16 +89,18 @@ def test_counters_survive_kill_9_and_match_the_table(broker_url: str, serve: Any
             try:
                 now = counters(scrape(port))
             except OSError:
-                if proc.proc.poll() is not None:
-                    break  # burst done: the exporter left with runner serve
-                raise
+                try:
+                    proc.proc.wait(10)  # burst done: runner serve stops its exporter on the way out
+                except subprocess.TimeoutExpired:
+                    raise AssertionError(f"/metrics stopped answering while runner serve runs:\n{proc.output[-3000:]}") from None
+                break
             scrapes += 1
             went_back = {k: (last[k], v) for k, v in now.items() if k in last and v < last[k]}
             assert not went_back, f"counters went back between scrapes: {went_back}"
             last = now
             if states(broker_url).get("succeeded", 0) >= JOBS + 200 - 60:
                 break  # let the tail finish so burst mode can exit
-            workers = [p for p in proc.worker_pids() if b"runner.web.serve" not in Path(f"/proc/{p}/cmdline").read_bytes()]
+            workers = [p for p in proc.worker_pids() if b"runner.web.serve" not in _cmdline(p)]
             if workers and kills < 6:
                 try:
                     os.kill(rng.choice(workers), signal.SIGKILL)

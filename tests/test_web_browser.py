@@ -25,7 +25,7 @@ import pytest
 from tests.apps import basic
 
 from .conftest import REPO, sql, wait_until
-from .serving import enqueue, prepare, serve_args
+from .serving import enqueue, prepare, serve_args, states
 
 pytestmark = pytest.mark.slow
 
@@ -120,75 +120,73 @@ def test_the_dashboard_in_chromium_while_workers_fill_the_queue(
 
 
 def _walk_through(broker_url: str, board: DashboardProcess, browser: Any, shots: Path) -> None:
-    if True:
-        wait_until(
-            lambda: sql(broker_url, "SELECT count(*) FROM runner_jobs WHERE state = 'succeeded'")[0][0] >= 60, 60, "jobs to run"
-        )
-        [(failed_id,)] = sql(broker_url, "SELECT id FROM runner_jobs WHERE state = 'failed'")
-        page = browser.new_page(viewport={"width": 1360, "height": 900})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+    """Every page, as a person would use them, with a screenshot of each."""
+    wait_until(lambda: states(broker_url) == {"succeeded": 60, "failed": 1}, 60, "the jobs to run")
+    [(failed_id,)] = sql(broker_url, "SELECT id FROM runner_jobs WHERE state = 'failed'")
+    page = browser.new_page(viewport={"width": 1360, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
 
-        # Overview: the queue with its counts, and the throughput chart drawn with bars.
-        page.goto(board.base + "/")
-        page.wait_for_selector("#queues td a[href='/jobs?queue=default']")
-        assert page.locator("svg.chart").count() == 2
-        assert page.locator("svg.chart rect.ok").count() >= 1, "the throughput chart has no bars"
-        assert page.locator("svg.chart rect.bad").count() >= 1, "the failure is not on the chart"
-        assert "tests.apps.basic.record" in page.inner_text("#slowest"), "the measured job is not in the cost table"
-        page.screenshot(path=str(shots / "overview.png"), full_page=True)
+    # Overview: the queue with its counts, and the throughput chart drawn with bars.
+    page.goto(board.base + "/")
+    page.wait_for_selector("#queues td a[href='/jobs?queue=default']")
+    assert page.locator("svg.chart").count() == 2
+    assert page.locator("svg.chart rect.ok").count() >= 1, "the throughput chart has no bars"
+    assert page.locator("svg.chart rect.bad").count() >= 1, "the failure is not on the chart"
+    assert "tests.apps.basic.record" in page.inner_text("#slowest"), "the measured job is not in the cost table"
+    page.screenshot(path=str(shots / "overview.png"), full_page=True)
 
-        # Live refresh (our script): new jobs show up without a reload.
-        def succeeded_card() -> int:
-            text = page.locator(".card", has_text="succeeded, last hour").locator("b").inner_text()
-            return int(text.replace(",", ""))
+    # Live refresh (our script): new jobs show up without a reload.
+    def succeeded_card() -> int:
+        text = page.locator(".card", has_text="succeeded, last hour").locator("b").inner_text()
+        return int(text.replace(",", ""))
 
-        before = succeeded_card()
-        off_loop(enqueue, broker_url, [basic.record.call(f"live{i}") for i in range(5)])
-        page.wait_for_function(
-            f"() => parseInt(document.querySelector('.cards .card:nth-child(5) b').textContent.replace(/,/g, '')) >= {before + 5}",
-            timeout=30_000,
-        )
+    before = succeeded_card()
+    off_loop(enqueue, broker_url, [basic.record.call(f"live{i}") for i in range(5)])
+    page.wait_for_function(
+        f"() => parseInt(document.querySelector('.cards .card:nth-child(5) b').textContent.replace(/,/g, '')) >= {before + 5}",
+        timeout=30_000,
+    )
 
-        # Jobs: filtered to the failures, the error's first line as a column.
-        page.goto(board.base + "/jobs")
-        page.select_option("select[name=state]", "failed")
-        page.click("#filters button[type=submit]")
-        page.wait_for_url(re.compile(r".*state=failed.*"))
-        assert "browser says no" in page.inner_text("#jobs")
-        page.screenshot(path=str(shots / "jobs.png"), full_page=True)
+    # Jobs: filtered to the failures, the error's first line as a column.
+    page.goto(board.base + "/jobs")
+    page.select_option("select[name=state]", "failed")
+    page.click("#filters button[type=submit]")
+    page.wait_for_url(re.compile(r".*state=failed.*"))
+    assert "browser says no" in page.inner_text("#jobs")
+    page.screenshot(path=str(shots / "jobs.png"), full_page=True)
 
-        # The failed job's page: its traceback; then Retry makes it run again.
-        page.click(f"#jobs a[href='/jobs/{failed_id}']")
-        page.wait_for_selector("#error pre.traceback")
-        assert "Traceback (most recent call last)" in page.inner_text("#error") and "ValueError" in page.inner_text("#error")
-        page.screenshot(path=str(shots / "job-failed.png"), full_page=True)
-        page.click("button#retry")
-        page.wait_for_selector(".flash")
-        assert "re-queued" in page.inner_text(".flash")
-        wait_until(lambda: sql(broker_url, f"SELECT state FROM runner_jobs WHERE id = {failed_id}") == [("failed",)]
-                   and len(sql(broker_url, f"SELECT attempts FROM runner_jobs WHERE id = {failed_id}")[0][0]) > 0
-                   and _attempts(broker_url, failed_id) == 2, 30, "the retried job to run again")  # fmt: skip
-        page.reload()
-        assert page.locator("#attempts tbody tr").count() == 2, "the second attempt is not on the page"
-        page.screenshot(path=str(shots / "job-retried.png"), full_page=True)
+    # The failed job's page: its traceback; then Retry makes it run again.
+    page.click(f"#jobs a[href='/jobs/{failed_id}']")
+    page.wait_for_selector("#error pre.traceback")
+    assert "Traceback (most recent call last)" in page.inner_text("#error") and "ValueError" in page.inner_text("#error")
+    page.screenshot(path=str(shots / "job-failed.png"), full_page=True)
+    page.click("button#retry")
+    page.wait_for_selector(".flash")
+    assert "re-queued" in page.inner_text(".flash")
+    wait_until(lambda: sql(broker_url, f"SELECT state FROM runner_jobs WHERE id = {failed_id}") == [("failed",)]
+               and len(sql(broker_url, f"SELECT attempts FROM runner_jobs WHERE id = {failed_id}")[0][0]) > 0
+               and _attempts(broker_url, failed_id) == 2, 30, "the retried job to run again")  # fmt: skip
+    page.reload()
+    assert page.locator("#attempts tbody tr").count() == 2, "the second attempt is not on the page"
+    page.screenshot(path=str(shots / "job-retried.png"), full_page=True)
 
-        # A job that took a session: its attempt's database cost.
-        [(costed,)] = sql(broker_url, "SELECT min(id) FROM runner_jobs WHERE name = 'tests.apps.basic.record'")
-        page.goto(f"{board.base}/jobs/{costed}")
-        cells = page.locator("#attempts tbody tr").first.locator("td.n").all_inner_texts()
-        assert int(cells[1]) >= 2, f"statements of the attempt: {cells}"
-        page.screenshot(path=str(shots / "job-cost.png"), full_page=True)
+    # A job that took a session: its attempt's database cost.
+    [(costed,)] = sql(broker_url, "SELECT min(id) FROM runner_jobs WHERE name = 'tests.apps.basic.record'")
+    page.goto(f"{board.base}/jobs/{costed}")
+    cells = page.locator("#attempts tbody tr").first.locator("td.n").all_inner_texts()
+    assert int(cells[1]) >= 2, f"statements of the attempt: {cells}"
+    page.screenshot(path=str(shots / "job-cost.png"), full_page=True)
 
-        # Workers and periodic pages.
-        page.goto(board.base + "/workers")
-        assert "browser-host" in page.inner_text("main")
-        page.screenshot(path=str(shots / "workers.png"), full_page=True)
-        page.goto(board.base + "/periodic")
-        page.wait_for_selector("#schedules")
-        page.screenshot(path=str(shots / "periodic.png"), full_page=True)
-        assert errors == [], f"script errors on the pages: {errors}"
-        page.close()
+    # Workers and periodic pages.
+    page.goto(board.base + "/workers")
+    assert "browser-host" in page.inner_text("main")
+    page.screenshot(path=str(shots / "workers.png"), full_page=True)
+    page.goto(board.base + "/periodic")
+    page.wait_for_selector("#schedules")
+    page.screenshot(path=str(shots / "periodic.png"), full_page=True)
+    assert errors == [], f"script errors on the pages: {errors}"
+    page.close()
 
 
 def _attempts(url: str, job_id: int) -> int:
