@@ -26,7 +26,7 @@ from . import idle, limit_pg, limit_sqlite, ref_bare, ref_celery, ref_pgqueuer, 
 from .procs import stop_all
 from .profile_summary import summarise
 from .settings import WORK
-from .table import BARE, PGQ, RUNNER_PG, RUNNER_PG_ALO, RUNNER_SQLITE, Results, checks, ratios, render, targets
+from .table import BARE, PGQ, RUNNER_PG, RUNNER_PG_ALO, RUNNER_PG_NOCOST, RUNNER_SQLITE, Results, checks, ratios, render, targets
 from .versus import LIMIT_PG, LIMIT_SQLITE, costs_table, limit_targets, versus
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -116,6 +116,10 @@ class Bench:
             self.step(RUNNER_PG, "W3", lambda: workloads_runner.run_w3(pg("runner"), ns.n_w3, ns.w3_rate, w, c))
             self.step(
                 RUNNER_PG_ALO, "W2", lambda: workloads_runner.run_w2(pg("runner"), ns.n_w2, ns.users, w, c, at_least_once=True)
+            )
+            # The same W2 with --no-db-cost: what measuring each attempt's database cost costs.
+            self.step(
+                RUNNER_PG_NOCOST, "W2", lambda: workloads_runner.run_w2(pg("runner"), ns.n_w2, ns.users, w, c, db_cost=False)
             )
             self.step(RUNNER_PG, "idle", lambda: idle.run_idle(pg("runner"), w, c, ns.idle_seconds))
         if "limit-pg" in ns.only:

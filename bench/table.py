@@ -16,6 +16,8 @@ CELERY_PREFIX = "Celery"
 # The W2 job with its completion written after its commit (at-least-once, as pgqueuer and Celery):
 # what runner's exactly-once statement costs, measured in the same run.
 RUNNER_PG_ALO = "runner PostgreSQL, at-least-once (W2 only)"
+# The W2 job without the per-attempt database cost measurement (--no-db-cost): its overhead.
+RUNNER_PG_NOCOST = "runner PostgreSQL, --no-db-cost (W2 only)"
 
 COLUMNS = [
     ("enqueue_sync", "W1 enq. single sync /s"),
@@ -117,6 +119,13 @@ def targets(results: Results, workers: int, concurrency: int, overflow: int = 2)
             median(results, pg, "w2_connections"),
             conn_limit,
             at_most=True,
+        ),
+        Target(
+            "W2 PG: measuring each attempt's database cost costs ≤ 5 % (vs --no-db-cost)",
+            (1 - rel(pg, RUNNER_PG_NOCOST, "w2")) * 100,
+            5,
+            at_most=True,
+            unit=" %",
         ),
         Target("W1 drain PG ≥ 10,000/s", median(results, pg, "drain"), 10_000, unit="/s"),
         Target("W1 drain PG ≥ 3× pgqueuer", rel(pg, PGQ, "drain"), 3, unit="×"),

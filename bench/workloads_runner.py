@@ -191,7 +191,15 @@ def _profile(child: Child, out: Path) -> subprocess.Popen[bytes] | None:
 
 
 def run_w2(
-    url: str, n: int, users: int, workers: int, concurrency: int, *, at_least_once: bool = False, profile: Path | None = None
+    url: str,
+    n: int,
+    users: int,
+    workers: int,
+    concurrency: int,
+    *,
+    at_least_once: bool = False,
+    db_cost: bool = True,
+    profile: Path | None = None,
 ) -> dict[str, float]:
     """``at_least_once``: the same database given as ``--database`` under another spelling of its
     URL, so the worker treats it as separate: the job commits, then its completion is written in
@@ -207,7 +215,9 @@ def run_w2(
     asyncio.run(enqueue())
     before = asyncio.run(seed.sessions_opened(url))
     xacts = Meter.before(url)
-    extra = ("--database", url + "?") if at_least_once else ()  # "db?" is "db", spelled differently
+    extra: tuple[str, ...] = ("--database", url + "?") if at_least_once else ()  # "db?" is "db", spelled differently
+    if not db_cost:
+        extra += ("--no-db-cost",)
     child = serve("w2", url, workers, concurrency, "--burst", *extra)
     meter = Meter(url, [child.proc.pid])
     spy = _profile(child, profile) if profile is not None else None

@@ -26,6 +26,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--broker", help="queue database URL (default: sqlite:///runner.db)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--log-format", choices=["text", "json"])
+    parser.add_argument("--sql-echo", action="store_const", const="1", help="log every SQL statement (debug level never does)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,6 +59,19 @@ def _parser() -> argparse.ArgumentParser:
         "--no-scheduler", dest="scheduler", action="store_const", const="0", help="do not fire periodic jobs from this host"
     )
     serve.add_argument("--result-ttl", help="seconds finished jobs are kept before workers purge them (default: 7 days)")
+    serve.add_argument("--metrics-port", help="serve Prometheus /metrics on this port (a scrape target per host)")
+    serve.add_argument("--metrics-host", help="address for --metrics-port (default: 127.0.0.1)")
+    serve.add_argument(
+        "--no-db-cost", dest="db_cost", action="store_const", const="0",
+        help="do not measure what each job's session costs the database",
+    )  # fmt: skip
+
+    dashboard = sub.add_parser("dashboard", help="serve the web dashboard and /metrics")
+    _common(dashboard)
+    dashboard.add_argument("--host", dest="dashboard_host", help="address to listen on (default: 127.0.0.1)")
+    dashboard.add_argument("--port", dest="dashboard_port", help="port to listen on (default: 8080)")
+    dashboard.add_argument("--read-only", action="store_const", const="1", help="show everything, change nothing")
+    dashboard.add_argument("--basic-auth", help="USER:PASS required of every request (or RUNNER_BASIC_AUTH)")
 
     migrate = sub.add_parser("migrate", help="create or upgrade the queue schema")
     _common(migrate)
@@ -109,7 +123,7 @@ def _dispatch(ns: argparse.Namespace) -> int:
     from .logs import configure_logging
 
     settings = _settings(ns)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, sql_echo=settings.sql_echo)
     if ns.command == "serve":
         from .loader import load_app
         from .serve import serve
@@ -118,6 +132,10 @@ def _dispatch(ns: argparse.Namespace) -> int:
         return serve(app, _settings(ns, app))
     if ns.command == "migrate":
         return _migrate(settings)
+    if ns.command == "dashboard":
+        from .web.serve import serve_dashboard
+
+        return serve_dashboard(settings)
     if ns.command == "enqueue":
         return _enqueue(ns, settings)
     from .admin import run_admin

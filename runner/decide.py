@@ -53,6 +53,10 @@ from .wire import (
 )
 
 __all__ = [
+    "GIVEN_BACK",
+    "KINDS",
+    "LOST",
+    "RETRIED",
     "Cancelled",
     "DatabaseAway",
     "Event",
@@ -72,6 +76,13 @@ __all__ = [
 ]
 
 DATABASE_RETRY_DELAY: Final = 1.0
+
+# How an attempt ended, as the counters (and /metrics) name it: the final states, and three ways
+# back to the queue -- a retry (the attempt counted), a lost worker, a give-back (neither counts).
+RETRIED: Final = "retried"
+LOST: Final = "lost"
+GIVEN_BACK: Final = "given_back"
+KINDS: Final = (*State.FINAL, RETRIED, LOST, GIVEN_BACK)
 
 
 # --- events: what happened to an attempt ------------------------------------------------------
@@ -171,13 +182,21 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     args: bytes | None = None  # JSON; a retry with new arguments (None keeps the row's)
     kwargs: bytes | None = None
     children: tuple[Envelope, ...] = ()
+    # For the counters the drivers write with the outcome (runner_stats): what the attempt was,
+    # how it ended, and how long it waited to be claimed. ``lane``: which of the worker's counter
+    # rows it goes to (its slot, when written in the job's own transaction; -1: the batch's).
+    name: str = ""
+    queue: str = ""
+    kind: str = ""  # one of KINDS
+    waited: float = 0.0  # seconds from runnable (run_at) to claimed
+    lane: int = -1
 
     def failed_instead(self, error: ErrorInfo, now: float) -> Outcome:
         """This outcome turned into a plain failure (used when its children cannot be written)."""
         record = msgspec.structs.replace(self.record, outcome=State.FAILED, error=error, finished_at=now)
         return msgspec.structs.replace(
             self, state=State.FAILED, result=None, error=error, run_at=None, finished_at=now, children=(), record=record,
-            args=None, kwargs=None,
+            args=None, kwargs=None, kind=State.FAILED,
         )  # fmt: skip
 
 
@@ -294,7 +313,7 @@ def _lost(item: Attempt, policy: Policy, type_: str, why: str, now: float) -> Ou
     lost = min(item.lost + 1, INT32_MAX)
     if lost < policy.max_lost:
         error = ErrorInfo(type=type_, message=f"{why} while running this job; given back", attempt=item.attempt)
-        return msgspec.structs.replace(_requeue(item, now, run_at=None, error=error, note=why), lost=lost)
+        return msgspec.structs.replace(_requeue(item, now, run_at=None, error=error, note=why, kind=LOST), lost=lost)
     message = (
         f"{why} while running this job, {lost} times (--max-lost {policy.max_lost}); it was not retried again "
         "(the job may be crashing or freezing its worker)"
@@ -317,23 +336,32 @@ def _final(
     return Outcome(
         job_id=item.id, token=item.token, state=state, attempt=item.attempt if attempt is None else max(0, attempt),
         lost=item.lost, result=result, error=error, finished_at=now, children=children,
-        record=_record(item, state, now, error, note),
+        record=_record(item, state, now, error, note), name=item.name, queue=item.queue, kind=state, waited=_waited(item),
     )  # fmt: skip
 
 
 def _retry(item: Attempt, now: float, run_at: float, error: ErrorInfo, note: str) -> Outcome:
     return Outcome(
         job_id=item.id, token=item.token, state=State.QUEUED, attempt=item.attempt, lost=item.lost, error=error,
-        run_at=run_at, record=_record(item, State.QUEUED, now, error, note),
+        run_at=run_at, record=_record(item, State.QUEUED, now, error, note), name=item.name, queue=item.queue,
+        kind=RETRIED, waited=_waited(item),
     )  # fmt: skip
 
 
-def _requeue(item: Attempt, now: float, *, run_at: float | None, error: ErrorInfo | None, note: str) -> Outcome:
+def _requeue(
+    item: Attempt, now: float, *, run_at: float | None, error: ErrorInfo | None, note: str, kind: str = GIVEN_BACK
+) -> Outcome:
     """Back to the queue without counting the attempt."""
     return Outcome(
         job_id=item.id, token=item.token, state=State.QUEUED, attempt=max(0, item.attempt - 1), lost=item.lost,
-        error=error, run_at=run_at, record=_record(item, State.QUEUED, now, error, note),
+        error=error, run_at=run_at, record=_record(item, State.QUEUED, now, error, note), name=item.name,
+        queue=item.queue, kind=kind, waited=_waited(item),
     )  # fmt: skip
+
+
+def _waited(item: Attempt | BadRow) -> float:
+    """Seconds the attempt waited between becoming runnable and being claimed."""
+    return max(0.0, item.started_at - item.run_at) if isinstance(item, Attempt) else 0.0
 
 
 def _record(item: Attempt | BadRow, state: str, now: float, error: ErrorInfo | None, note: str) -> AttemptRecord:

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+from typing import Any
 
 __all__ = ["configure_logging"]
 
@@ -25,28 +26,42 @@ class _TextFormatter(logging.Formatter):
 
 
 class _JsonFormatter(logging.Formatter):
+    """The text line as ``msg``, and every field a call passed in ``extra`` as its own key
+    (``job_id``, ``job``, ``outcome``, ``ms``, ...), so machines need not parse the message."""
+
     def format(self, record: logging.LogRecord) -> str:
-        data = {
+        data: dict[str, Any] = {
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "pid": record.process,
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRIBUTES and key not in data:
+                data[key] = value
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
-        return json.dumps(data)
+        return json.dumps(data, default=str)
 
 
-def configure_logging(level: str = "info", fmt: str = "text") -> None:
-    """Runner's own chatter stays at WARNING unless ``level`` is debug; the app's loggers and
-    runner's lifecycle lines (supervisor, worker start/stop) follow ``level``."""
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+# Libraries whose debug output is a firehose (SQLAlchemy logs every statement and row, aiosqlite
+# every call): never raised by --log-level debug. --sql-echo turns on the statements alone.
+_LIBRARIES = ("sqlalchemy", "aiosqlite", "asyncio", "asyncpg", "uvicorn.access", "httpx", "httpcore")
+
+
+def configure_logging(level: str = "info", fmt: str = "text", *, sql_echo: bool = False) -> None:
+    """Root at ``level``: runner's lifecycle lines and one line per ended job at info, runner's
+    per-job detail at debug. Libraries stay at warning whatever ``level`` says; ``sql_echo``
+    logs each SQL statement (``sqlalchemy.engine`` at info) and nothing else of theirs."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    quiet = "DEBUG" if level == "debug" else "WARNING"
-    for name in ("runner.run_job", "runner.outcomes", "runner.notify", "runner.store", "sqlalchemy", "asyncio", "aiosqlite"):
-        logging.getLogger(name).setLevel(quiet)
+    for name in _LIBRARIES:
+        logging.getLogger(name).setLevel("WARNING")
+    logging.getLogger("sqlalchemy.engine").setLevel("INFO" if sql_echo else "WARNING")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -24,12 +24,14 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import msgspec
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .app import App, Context, JobDef
 from .client import worker_thread
 from .complete import Completer, InTransaction
+from .cost import Meter, start_meter
 from .db_unavailable import database_unavailable
 from .decide import (
     Cancelled,
@@ -66,6 +68,8 @@ class Running:
     stop_reason: str | None = None  # "cancelled", "timeout" or "lease lost" once asked to stop
     thread_id: int | None = None  # sync jobs: the thread to interrupt
     started: float = field(default_factory=time.monotonic)
+    lane: int = -1  # the worker's job slot running it (its counter row, when completed in its transaction)
+    meter: Meter | None = None  # session-taking jobs: what the attempt costs its database
 
 
 class _ParentsGone(Exception):
@@ -107,6 +111,7 @@ class JobRunner:
         completer: Completer,
         thread_limiter: anyio.CapacityLimiter,
         limits: dict[str, int],
+        meter_costs: bool = False,
     ) -> None:
         self.app = app
         self.driver = driver
@@ -116,6 +121,7 @@ class JobRunner:
         self.in_transaction = InTransaction(driver)
         self.thread_limiter = thread_limiter
         self.limits = limits
+        self.meter_costs = meter_costs  # the sessions are metered (cost.py): record each attempt's cost
         self._policies: dict[str, Policy] = {}
 
     def policy(self, name: str) -> Policy:
@@ -126,9 +132,13 @@ class JobRunner:
             policy = self._policies[name] = (job.policy if job else DEFAULT_POLICY).with_limits(**self.limits)
         return policy
 
-    async def end(self, item: Attempt | BadRow, event: Event, completer: Completer | None = None) -> Outcome:
+    async def end(
+        self, item: Attempt | BadRow, event: Event, completer: Completer | None = None, running: Running | None = None
+    ) -> Outcome:
         """Decide ``event`` for ``item`` and hand the outcome to ``completer`` (the batch by default)."""
         outcome = decide(item, self.policy(item.name), event, now=time.time(), rand=random.random())
+        if running is not None and running.meter is not None:
+            outcome = _with_cost(outcome, running.meter)
         await (completer or self.completer).complete(outcome)
         _log(item, outcome)
         return outcome
@@ -158,9 +168,16 @@ class JobRunner:
             await self.end(attempt, NotRunnable(ErrorInfo(type="ArgumentsError", message=str(exc), attempt=attempt.attempt)))
             return
         timeout = attempt.timeout or job.timeout
+        if log.isEnabledFor(logging.DEBUG):
+            waited = max(0.0, attempt.started_at - attempt.run_at) * 1000
+            log.debug(
+                "job %d %s started: attempt %d, waited %.1f ms in queue %s", attempt.id, attempt.name, attempt.attempt,
+                waited, attempt.queue, extra={"job_id": attempt.id, "job": attempt.name, "queue": attempt.queue,
+                                              "attempt": attempt.attempt, "waited_ms": round(waited, 3)},
+            )  # fmt: skip
         event = await self._attempt(running, job, bound, timeout)
         if event is not None:
-            await self.end(attempt, event)
+            await self.end(attempt, event, running=running)
 
     async def _attempt(self, running: Running, job: JobDef[Any, Any], bound: Any, timeout: float | None) -> Event | None:
         """What happened; None when the outcome is already written (in the job's transaction)
@@ -230,13 +247,23 @@ class JobRunner:
     async def _with_session(self, running: Running, job: JobDef[Any, Any], bound: Any) -> Event | None:
         attempt = running.attempt
         async with session_scope(factory=self.sessions) as session:
-            value = await self._invoke(running, job, bound, session)
+            meter = running.meter = start_meter(session) if self.meter_costs else None
+            try:
+                value = await self._invoke(running, job, bound, session)
+                if meter is not None and (session.new or session.dirty or session.deleted):
+                    await session.flush()  # the job's own writes, measured as the job's
+            finally:
+                if meter is not None:
+                    meter.stop()  # what follows (the completion write, the commit) is runner's
             # The job returned: from here on, a soft limit or a cancel must not split its commit.
             with anyio.CancelScope(shield=True):
                 outcome = decide(attempt, self.policy(attempt.name), Returned(value), now=time.time(), rand=random.random())
+                if meter is not None:
+                    outcome = _with_cost(outcome, meter)
                 if outcome.state != State.SUCCEEDED:
                     raise _Unstorable(outcome)
                 if self.exactly_once:
+                    outcome = msgspec.structs.replace(outcome, lane=running.lane)  # its own counter row: no waiting
                     # The ack rides in the job's own transaction: business writes and completion
                     # commit together or not at all; a stale attempt (token moved on) commits nothing.
                     await self.in_transaction.complete(outcome, session)
@@ -313,19 +340,38 @@ class JobRunner:
             await anyio.sleep(0.02)
 
 
+def _with_cost(outcome: Outcome, meter: Meter) -> Outcome:
+    return msgspec.structs.replace(outcome, record=msgspec.structs.replace(outcome.record, cost=meter.cost()))
+
+
 def _log(item: Attempt | BadRow, outcome: Outcome) -> None:
-    took = (outcome.record.finished_at - outcome.record.started_at) * 1000
-    if outcome.state == State.SUCCEEDED:
-        log.info("job %d %s succeeded in %.1f ms, attempt %d", item.id, item.name, took, item.attempt)
+    """One line per ended attempt: info for successes, retries and give-backs, warning for
+    failures. The values also travel as fields (``extra``), so ``--log-format json`` carries
+    them as keys."""
+    level = logging.WARNING if outcome.state == State.FAILED else logging.INFO
+    if not log.isEnabledFor(level):
         return
+    took = (outcome.record.finished_at - outcome.record.started_at) * 1000
     error = outcome.error
+    fields: dict[str, Any] = {
+        "job_id": item.id, "job": item.name, "queue": item.queue, "attempt": item.attempt,
+        "outcome": outcome.kind or outcome.state, "ms": round(took, 3),
+    }  # fmt: skip
+    if error is not None:
+        fields.update(error_type=error.type, error=error.message)
+    cost = outcome.record.cost
+    if cost is not None:
+        fields.update(db_statements=cost.statements, db_ms=cost.db_ms)
+    if outcome.state == State.SUCCEEDED:
+        log.info("job %d %s succeeded in %.1f ms, attempt %d", item.id, item.name, took, item.attempt, extra=fields)
+        return
     why = f"{error.type}: {error.message}" if error is not None else ""
     if outcome.state == State.QUEUED:
-        log.info("job %d %s attempt %d: %s (%s)", item.id, item.name, item.attempt, outcome.record.note, why)
+        log.info("job %d %s attempt %d: %s (%s)", item.id, item.name, item.attempt, outcome.record.note, why, extra=fields)
     elif outcome.state == State.FAILED:
-        log.warning("job %d %s failed on attempt %d: %s", item.id, item.name, item.attempt, why)
+        log.warning("job %d %s failed on attempt %d: %s", item.id, item.name, item.attempt, why, extra=fields)
     else:
-        log.info("job %d %s %s", item.id, item.name, outcome.state)
+        log.info("job %d %s %s", item.id, item.name, outcome.state, extra=fields)
 
 
 def _call_arguments(bound: Any, injected: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:

@@ -18,9 +18,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["SCHEMA_VERSION", "Dialect", "constraints", "job_indexes", "job_table", "side_tables", "workers_table"]
+__all__ = [
+    "BUCKETS",
+    "SCHEMA_VERSION",
+    "STATS_SUMS",
+    "Dialect",
+    "constraints",
+    "job_indexes",
+    "job_table",
+    "nodes_table",
+    "side_tables",
+    "workers_table",
+]
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3  # 3: runner_stats, runner_nodes, runner_jobs_ended
 
 STATES: Final = "'waiting', 'queued', 'running', 'succeeded', 'failed', 'cancelled', 'expired'"
 
@@ -97,14 +108,59 @@ _INDEXES: Final = (
     "CREATE INDEX IF NOT EXISTS runner_jobs_finished ON runner_jobs (finished_at) WHERE finished_at IS NOT NULL",
     # A workflow's jobs, by its first one (cancel a workflow; its tree on a job's page).
     "CREATE INDEX IF NOT EXISTS runner_jobs_root ON runner_jobs (root_id) WHERE root_id IS NOT NULL",
+    # Workflow steps still waiting for parents: counted per queue by status and the dashboard.
+    "CREATE INDEX IF NOT EXISTS runner_jobs_waiting ON runner_jobs (queue) WHERE state = 'waiting'",
     # The members of a group.
     "CREATE INDEX IF NOT EXISTS runner_jobs_group ON runner_jobs (group_id) WHERE group_id IS NOT NULL",
     # Concurrency limits: the running jobs of a key, counted by every claim that meets the key.
     "CREATE INDEX IF NOT EXISTS runner_jobs_limited ON runner_jobs (concurrency_key)"
     " WHERE state = 'running' AND concurrency_key IS NOT NULL",
+    # Jobs a person may act on (retry, delete): counted per queue and listed newest first by the
+    # dashboard without touching the million succeeded rows beside them.
+    "CREATE INDEX IF NOT EXISTS runner_jobs_ended ON runner_jobs (state, id, queue) WHERE state IN ('failed', 'cancelled', 'expired')",
 )
 
+# Histogram bounds, in seconds, of runner_stats' run-time and queue-wait columns: ``run_b<i>``
+# counts the attempts that ran at most ``BUCKETS[i]`` seconds (cumulative, as Prometheus reads
+# histograms), ``wait_b<i>`` those that waited at most that long to be claimed.
+BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+# The additive columns of runner_stats, in this order.
+STATS_SUMS: Final = (
+    "n", "run_s", "wait_s", "costed", "statements", "db_s", "db_rows", "tx_s", "pool_wait_s",
+    *(f"run_b{i}" for i in range(len(BUCKETS))), *(f"wait_b{i}" for i in range(len(BUCKETS))),
+)  # fmt: skip
+
+_STATS_TABLE: Final = (
+    """CREATE TABLE IF NOT EXISTS runner_stats (
+        source      TEXT NOT NULL,    -- the worker (lease owner) and lane that wrote it; '*': folded history
+        minute      BIGINT NOT NULL,  -- epoch minute in which the attempts ended; 0: older than two hours, folded
+        name        TEXT NOT NULL,
+        queue       TEXT NOT NULL,
+        kind        TEXT NOT NULL,    -- succeeded, failed, cancelled, expired, retried, lost, given_back
+        n           BIGINT NOT NULL DEFAULT 0,             -- attempts that ended so
+        run_s       {float} NOT NULL DEFAULT 0,            -- their run time, summed (s)
+        wait_s      {float} NOT NULL DEFAULT 0,            -- their wait from runnable to claimed, summed (s)
+        costed      BIGINT NOT NULL DEFAULT 0,             -- attempts whose database cost was measured
+        statements  BIGINT NOT NULL DEFAULT 0,             -- ... and their statements, time, rows, transactions, pool waits
+        db_s        {float} NOT NULL DEFAULT 0,
+        db_rows     BIGINT NOT NULL DEFAULT 0,
+        tx_s        {float} NOT NULL DEFAULT 0,
+        pool_wait_s {float} NOT NULL DEFAULT 0,
+        """
+    + ",\n        ".join(f"{c} BIGINT NOT NULL DEFAULT 0" for c in STATS_SUMS[9:])  # the histogram buckets
+    + """,
+        PRIMARY KEY (source, minute, name, queue, kind)
+    )"""
+)
+
+
 _SIDE_TABLES: Final = (
+    # Counters of ended attempts, written by each worker in the statement (or transaction) that
+    # writes the outcomes, so they survive kill -9 and never count an attempt twice: one row per
+    # (worker lane, minute, job, queue, kind), no row written by two workers; summed when read,
+    # and minutes older than two hours folded into minute 0 by the retention sweep.
+    _STATS_TABLE,
+    "CREATE INDEX IF NOT EXISTS runner_stats_minute ON runner_stats (minute)",
     # Schema version and other small facts.
     "CREATE TABLE IF NOT EXISTS runner_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     # Workflows: job_id waits for parent_id; position orders a job's parents (and their results).
@@ -151,6 +207,15 @@ WORKERS_TABLE: Final = """CREATE TABLE IF NOT EXISTS runner_workers (
         done        BIGINT NOT NULL DEFAULT 0,
         rss_kb      BIGINT NOT NULL DEFAULT 0,
         running     TEXT NOT NULL DEFAULT '[]'  -- JSON [[job id, started at], ...]
+    )"""
+
+
+# The hosts that ran workers, so the dashboard can show the ones that went away (a worker's own
+# row is deleted when it stops). Upserted with each worker's row; beside it on SQLite.
+NODES_TABLE: Final = """CREATE TABLE IF NOT EXISTS runner_nodes (
+        node       TEXT PRIMARY KEY,
+        first_seen {float} NOT NULL,
+        seen_at    {float} NOT NULL
     )"""
 
 
@@ -206,3 +271,7 @@ def side_tables(d: Dialect) -> list[str]:
 
 def workers_table(d: Dialect) -> str:
     return WORKERS_TABLE.format(float=d.float_type)
+
+
+def nodes_table(d: Dialect) -> str:
+    return NODES_TABLE.format(float=d.float_type)

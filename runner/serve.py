@@ -34,7 +34,21 @@ def serve(app: App, settings: Settings) -> int:
         heartbeat_timeout=settings.heartbeat_timeout,
         fault_factory=lambda reason, jobs, limit: Fault(reason, jobs, limit),
     )
-    return supervisor.run()
+    exporter = None
+    if settings.metrics_port:
+        # /metrics reads the database, which the supervisor never touches: its own process.
+        from .web.serve import start_exporter
+
+        exporter = start_exporter(settings)
+    try:
+        return supervisor.run()
+    finally:
+        if exporter is not None:
+            exporter.terminate()
+            try:
+                exporter.wait(5)
+            except Exception:
+                exporter.kill()
 
 
 def _redact(url: str) -> str:

@@ -16,7 +16,7 @@ from contextvars import ContextVar
 import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from .drivers.engines import create_engine, session_class, sqlite_path
+from .drivers.engines import SQLiteWriterSession, create_engine, session_class, sqlite_path
 from .errors import RunnerError
 
 __all__ = ["create_engine", "current_sessionmaker", "make_sessionmaker", "session_scope", "sqlite_path", "use_sessionmaker"]
@@ -43,9 +43,17 @@ def current_sessionmaker() -> async_sessionmaker[AsyncSession]:
     return factory
 
 
-def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+def make_sessionmaker(engine: AsyncEngine, *, metered: bool = False) -> async_sessionmaker[AsyncSession]:
+    """Sessions on ``engine``. ``metered``: sessions a job's attempt can measure its database
+    cost on (``runner/cost.py``; the worker's, unless ``--no-db-cost``)."""
     # expire_on_commit=False: a job's return value may read attributes after the commit.
-    return async_sessionmaker(engine, class_=session_class(engine), expire_on_commit=False, autoflush=True)
+    if not metered:
+        return async_sessionmaker(engine, class_=session_class(engine), expire_on_commit=False, autoflush=True)
+    from .cost import MeteredSession, MeteredSQLiteSession, MeteredSyncSession, install
+
+    install(engine)
+    cls = MeteredSQLiteSession if issubclass(session_class(engine), SQLiteWriterSession) else MeteredSession
+    return async_sessionmaker(engine, class_=cls, sync_session_class=MeteredSyncSession, expire_on_commit=False, autoflush=True)
 
 
 @contextlib.asynccontextmanager

@@ -108,6 +108,26 @@ def _choice(*options: str) -> Callable[[str], str]:
     return cast
 
 
+def _port(value: str | int) -> int:
+    number = int(value)
+    if not 0 < number < 65536:
+        raise ValueError("accepted: a TCP port from 1 to 65535")
+    return number
+
+
+def _optional_port(value: str | int | None) -> int | None:
+    return None if value is None or value in ("", "0", 0, "none") else _port(value)
+
+
+def _user_password(value: str | None) -> str | None:
+    if value in (None, ""):
+        return None
+    user, sep, password = str(value).partition(":")
+    if not sep or not user or not password:
+        raise ValueError("accepted: USER:PASSWORD, both non-empty")
+    return str(value)
+
+
 def _url(value: str) -> str:
     return check_url(value)
 
@@ -142,6 +162,14 @@ class Settings:
     log_level: str = "info"
     log_format: str = "text"
     node: str = field(default_factory=socket.gethostname)
+    sql_echo: bool = False  # log every SQL statement (SQLAlchemy's engine echo); never implied by debug
+    db_cost: bool = True  # measure what each session-taking attempt costs its database (runner/cost.py)
+    metrics_port: int | None = None  # runner serve: a Prometheus scrape target on this port
+    metrics_host: str = "127.0.0.1"
+    dashboard_host: str = "127.0.0.1"  # runner dashboard: loopback unless told otherwise
+    dashboard_port: int = 8080
+    read_only: bool = False  # the dashboard shows, and refuses every change
+    basic_auth: str | None = field(default=None, repr=False)  # USER:PASS the dashboard (and its /metrics) require
 
     @property
     def database_url(self) -> str:
@@ -225,6 +253,14 @@ _CASTS: dict[str, Callable[[Any], Any]] = {
     "log_level": _choice("debug", "info", "warning", "error"),
     "log_format": _choice("text", "json"),
     "node": str,
+    "sql_echo": _bool,
+    "db_cost": _bool,
+    "metrics_port": _optional_port,
+    "metrics_host": str,
+    "dashboard_host": str,
+    "dashboard_port": _port,
+    "read_only": _bool,
+    "basic_auth": _user_password,
 }
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "BadRow",
     "Callbacks",
     "ChildSpec",
+    "Cost",
     "Envelope",
     "ErrorInfo",
     "State",
@@ -143,6 +144,18 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     attempt: int = 0
 
 
+class Cost(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What one attempt of a session-taking job did to its database, measured on the attempt's
+    own session (one session per attempt makes it exact; ``runner/cost.py``). Times are in
+    milliseconds. Runner's own completion write is not included."""
+
+    statements: int = 0  # statements the job's session sent (BEGIN included on SQLite)
+    db_ms: float = 0.0  # time spent inside those statements
+    rows: int = 0  # rows returned by queries plus rows affected by writes
+    tx_ms: float = 0.0  # the transaction's length: from its start until the job returned
+    pool_wait_ms: float = 0.0  # waiting for a connection (the pool; on SQLite also the writer lock)
+
+
 class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One entry of ``runner_jobs.attempts``, the job's bounded history (newest last): who ran
     the attempt, when, how it ended, and the error if it did not succeed."""
@@ -154,6 +167,7 @@ class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     outcome: str  # the state the row moved to: succeeded, failed, queued (retry/given back), ...
     error: ErrorInfo | None = None
     note: str = ""  # "given back at shutdown", "worker lost", ...
+    cost: Cost | None = None  # session-taking jobs: what the attempt cost the database
 
 
 class Attempt(msgspec.Struct, frozen=True, kw_only=True, gc=False):

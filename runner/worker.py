@@ -161,7 +161,7 @@ class Worker:
                 settings.database_url, pool_size=self.concurrency, max_overflow=POOL_OVERFLOW, pre_ping=False
             )
         self.db_engine = db_engine
-        sessions = make_sessionmaker(db_engine)
+        sessions = make_sessionmaker(db_engine, metered=settings.db_cost)
         use_sessionmaker(sessions)
         self._unbound = self.app.client.bound
         self.app.client.bind(self.driver)  # jobs that enqueue jobs reuse this engine
@@ -173,7 +173,7 @@ class Worker:
         limits = {"max_lost": settings.max_lost, "max_result": settings.max_result, "max_payload": settings.max_payload}
         self.runner = JobRunner(
             self.app, self.driver, sessions=sessions, exactly_once=settings.shared_database, completer=self.completer,
-            thread_limiter=anyio.CapacityLimiter(self.concurrency), limits=limits,
+            thread_limiter=anyio.CapacityLimiter(self.concurrency), limits=limits, meter_costs=settings.db_cost,
         )  # fmt: skip
         self.loop_identity = (id(asyncio.get_running_loop()), id(self.driver.engine))
 
@@ -242,7 +242,7 @@ class Worker:
                 self.jobs_scope = jobs.cancel_scope
                 # One long-lived task per slot, fed from the inbox: no task is spawned per job.
                 for slot in range(self.concurrency):
-                    jobs.start_soon(self._slot, name=f"slot {slot}")
+                    jobs.start_soon(self._slot, slot, name=f"slot {slot}")
                 await self._claim_loop()
                 self._empty_inbox()
                 await self._wait_in_flight()
@@ -285,14 +285,14 @@ class Worker:
         while not self.inbox.empty():
             self.inbox.get_nowait()
 
-    async def _slot(self) -> None:
+    async def _slot(self, lane: int) -> None:
         while True:
             item = await self.inbox.get()
             if self.draining:
                 continue  # stays held: given back
-            await self._run_one(item)
+            await self._run_one(item, lane)
 
-    async def _run_one(self, item: Attempt | BadRow) -> None:
+    async def _run_one(self, item: Attempt | BadRow, lane: int = -1) -> None:
         if isinstance(item, BadRow):
             try:
                 await self.runner.end(item, NotRunnable(item.error))
@@ -300,7 +300,7 @@ class Worker:
             finally:
                 self.slot_free.set()
             return
-        running = self.running[item.id] = Running(item)
+        running = self.running[item.id] = Running(item, lane=lane)
         job = self.app.jobs.get(item.name)
         hard = item.hard_timeout or (job.hard_timeout if job is not None else None)
         if hard:
@@ -480,6 +480,7 @@ class Worker:
             try:
                 while await self.driver.purge_finished(time.time() - self.settings.result_ttl) > 0:
                     await anyio.sleep(0.05)
+                await self.driver.fold_stats(time.time())  # counters older than two hours: one row per key
             except Exception as exc:
                 log.warning("result retention purge failed (%s); will try again", exc)
             await anyio.sleep(RETENTION_EVERY)

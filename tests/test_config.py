@@ -80,7 +80,7 @@ def test_cli_rejects_bad_config_with_exit_code_2() -> None:
 
 
 def test_cli_migrate_enqueue_show_status(sqlite_url: str) -> None:
-    assert "version 2" in run_cli("migrate", "--broker", sqlite_url).stdout
+    assert "version 3" in run_cli("migrate", "--broker", sqlite_url).stdout
     enqueued = run_cli("enqueue", "-A", "tests.apps.basic", "--broker", sqlite_url, "tests.apps.basic.add", "--args", "[2, 3]")
     assert enqueued.returncode == 0, enqueued.stderr
     job_id = enqueued.stdout.strip()

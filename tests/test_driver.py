@@ -44,7 +44,7 @@ async def claim_one(driver: Driver, owner: str = "w", queues: tuple[str, ...] = 
 
 
 async def test_migrate_is_idempotent(driver: Driver) -> None:
-    assert await driver.migrate() == (2, 2)
+    assert await driver.migrate() == (3, 3)
 
 
 async def test_enqueue_returns_ids_in_order_and_rows_are_readable(driver: Driver) -> None:

@@ -15,10 +15,21 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..settings import backend_of
-from .base import CancelResult, Driver, JobFilter, JobRow, WorkerRow
+from .base import CancelResult, Driver, JobFilter, JobPage, JobRow, NodeRow, QueueCounts, StatsRow, WorkerRow
 from .engines import create_engine, sqlite_path
 
-__all__ = ["CancelResult", "Driver", "JobFilter", "JobRow", "WorkerRow", "open_driver"]
+__all__ = [
+    "CancelResult",
+    "Driver",
+    "JobFilter",
+    "JobPage",
+    "JobRow",
+    "NodeRow",
+    "QueueCounts",
+    "StatsRow",
+    "WorkerRow",
+    "open_driver",
+]
 
 
 def open_driver(

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ..decide import Outcome
 from ..wire import Attempt, BadRow, Envelope
 
-__all__ = ["CancelResult", "Driver", "JobFilter", "JobRow", "WorkerRow"]
+__all__ = ["CancelResult", "Driver", "JobFilter", "JobPage", "JobRow", "NodeRow", "QueueCounts", "StatsRow", "WorkerRow"]
 
 
 class CancelResult(StrEnum):
@@ -99,6 +99,57 @@ class JobFilter:
     before_id: int | None = None  # keyset paging: rows with smaller ids
     created_after: float | None = None
     created_before: float | None = None
+    contains: str | None = None  # a substring of the name (the dashboard's search)
+    job_id: int | None = None
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of ``find_jobs``: newest first. ``next_before`` continues below it (None: the
+    end). Filters no index can answer examine at most a window of rows per page; ``examined``
+    then says how far down this page looked, so a person knows a short page is not the end."""
+
+    rows: list[JobRow]
+    next_before: int | None
+    examined: int | None = None  # rows looked at when the search was windowed, else None
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    """One queue as the overview shows it: exact counts from the partial indexes (queued,
+    running and ended-badly rows are few beside the finished ones, so they are cheap to count)."""
+
+    queue: str
+    waiting: int = 0  # workflow steps whose parents have not all finished
+    queued: int = 0  # runnable now
+    scheduled: int = 0  # queued with a future run_at (countdown, ETA, retry backoff)
+    running: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    expired: int = 0
+    oldest_runnable_at: float | None = None  # run_at of the job waiting longest: the queue's lag
+    paused: bool = False  # claims on every host skip it (runner queues pause)
+
+
+@dataclass(frozen=True)
+class StatsRow:
+    """Summed ``runner_stats`` counters for one key (``minute`` 0 when summed over all time);
+    ``values`` holds every additive column, by name (``schema.STATS_SUMS``)."""
+
+    minute: int
+    name: str
+    queue: str
+    kind: str
+    values: dict[str, float]
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    """A host that ran workers: first and last seen (its workers' own rows go when they stop)."""
+
+    node: str
+    first_seen: float
+    seen_at: float
 
 
 class Driver(ABC):
@@ -284,3 +335,63 @@ class Driver(ABC):
     @abstractmethod
     async def dispose(self) -> None:
         """Close every connection this driver opened."""
+
+    # -- counters and dashboard reads -------------------------------------------------------------
+    # What the dashboard, /metrics and `runner status` read. Each answers from an index, a
+    # rollup or an estimate, never a scan of the finished jobs, so it stays fast at millions of rows.
+
+    @abstractmethod
+    async def fold_stats(self, now: float) -> int:
+        """Fold the counter rows of ended minutes into one row per (minute, key), and minutes
+        older than two hours into one row per key (minute 0); returns how many rows were
+        folded. Sums are unchanged, so counters never go back."""
+
+    @abstractmethod
+    async def stats_totals(self) -> list[StatsRow]:
+        """Counters over all time, per (name, queue, kind)."""
+
+    @abstractmethod
+    async def stats_since(self, minute: int, per: str = "minute") -> list[StatsRow]:
+        """Counters of the minutes from ``minute`` on, summed ``per`` minute (and queue and
+        kind; name ``*``), per ``name`` (and queue and kind; minute 0), or per ``queue``."""
+
+    @abstractmethod
+    async def queue_counts(self, now: float) -> list[QueueCounts]:
+        """Per queue: runnable, scheduled, running, failed, cancelled, expired, and the lag."""
+
+    @abstractmethod
+    async def table_size(self) -> tuple[int, bool]:
+        """Rows in the jobs table, and whether that figure is an estimate (PostgreSQL's planner
+        statistics) rather than an exact count."""
+
+    @abstractmethod
+    async def find_jobs(self, where: JobFilter, limit: int) -> JobPage:
+        """The dashboard's job list: ``where`` applied newest first, paged by keyset."""
+
+    @abstractmethod
+    async def running_jobs(self, limit: int = 1000) -> list[JobRow]:
+        """Running jobs, on every host (the workers page: exact, not the heartbeat's copy)."""
+
+    @abstractmethod
+    async def nodes(self, since: float) -> list[NodeRow]:
+        """Hosts seen since ``since``."""
+
+    @abstractmethod
+    async def schedule_names(self) -> list[str]:
+        """Names of the periodic schedules that ever fired."""
+
+    @abstractmethod
+    async def schedule_fires(self, name: str, limit: int = 5) -> list[tuple[float, int | None]]:
+        """The latest fire times of one schedule, newest first, with the job each created."""
+
+    @abstractmethod
+    async def retry_jobs(self, ids: Sequence[int]) -> int:
+        """Re-queue those of ``ids`` that failed, were cancelled or expired."""
+
+    @abstractmethod
+    async def cancel_jobs(self, ids: Sequence[int]) -> int:
+        """Cancel those of ``ids`` that are queued, and ask the running ones to stop."""
+
+    @abstractmethod
+    async def delete_jobs(self, ids: Sequence[int]) -> int:
+        """Delete those of ``ids`` that are not running (a running job is cancelled first)."""

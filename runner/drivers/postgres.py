@@ -31,9 +31,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..decide import Outcome
 from ..gc_pause import paused_gc
-from ..schema import Dialect, constraints, job_indexes, job_table, side_tables, workers_table
+from ..schema import BUCKETS, STATS_SUMS, Dialect, constraints, job_indexes, job_table, nodes_table, side_tables, workers_table
 from ..wire import MAX_DEPTH, MAX_HISTORY, PROTOCOL_VERSION, Attempt, BadRow, Envelope
-from .sql import COPY_FROM, INSERT_COLUMNS, JOB_COLUMNS, SQLDriver, claim_columns, outcome_params
+from .sql import COPY_FROM, INSERT_COLUMNS, JOB_COLUMNS, SQLDriver, claim_columns, outcome_params, tally_of, tally_rows
 
 __all__ = ["PostgresDriver", "plain_dsn"]
 
@@ -339,7 +339,14 @@ class PostgresDriver(SQLDriver):
             from .migrate_v1 import upgrade_postgres
 
             await upgrade_postgres(conn, constraints(DIALECT))
-        for statement in (job_table(DIALECT), *job_indexes(), *side_tables(DIALECT), workers_table(DIALECT), *_EXTRA_DDL):
+        for statement in (
+            job_table(DIALECT),
+            *job_indexes(),
+            *side_tables(DIALECT),
+            workers_table(DIALECT),
+            nodes_table(DIALECT),
+            *_EXTRA_DDL,
+        ):
             await conn.execute(text(statement))
         await conn.exec_driver_sql(_CLAIM_FUNCTION)
         if before == 1:
@@ -419,17 +426,19 @@ class PostgresDriver(SQLDriver):
             return self._decode(await pg.fetch(_EXPIRED, time.time(), limit))
 
     async def _finish_each(self, conn: AsyncConnection, outcomes: Sequence[Outcome]) -> list[tuple[int, bool]]:
+        # Counters ride in the same statement, for exactly the rows it matched.
         if len(outcomes) == 1:
             params = outcome_params(outcomes[0])
-            rows = (await conn.exec_driver_sql(_FINISH_ONE, tuple(params[f] for f in _FINISH_FIELDS))).all()
+            finish = tuple(params[f] for f in _FINISH_FIELDS)
+            rows = (await conn.exec_driver_sql(_FINISH_ONE_COUNTED, (*finish, *_tally_values(outcomes[0])))).all()
         else:
-            rows = (await conn.exec_driver_sql(_FINISH, _finish_arrays(outcomes))).all()
+            rows = (await conn.exec_driver_sql(_FINISH_COUNTED, (*_finish_arrays(outcomes), *_tally_arrays(outcomes)))).all()
         found: Any = rows
         return [(int(row[0]), bool(row[1])) for row in found]
 
     async def _finish_fast(self, outcomes: Sequence[Outcome]) -> int:
         async with self._raw() as pg:
-            return len(await pg.fetch(_FINISH_FAST, *_finish_arrays(outcomes)))
+            return len(await pg.fetch(_FINISH_FAST_COUNTED, *_finish_arrays(outcomes), *_tally_arrays(outcomes)))
 
     async def _released(self) -> None:
         pass  # the release statements ran in a transaction whose commit the NOTIFY below rides on
@@ -479,9 +488,131 @@ class PostgresDriver(SQLDriver):
             await anyio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
+    # -- counters (runner_stats): in the statement that writes the outcomes ---------------------
+
+    async def fold_stats(self, now: float) -> int:
+        minute = int(now // 60)
+        async with self._auto.connect() as conn:
+            lanes = (await conn.execute(_FOLD_LANES, {"cut": minute - 1})).rowcount
+            return int(lanes + (await conn.execute(_FOLD_STATS, {"cut": minute - FOLD_AFTER_MINUTES})).rowcount)
+
+    # -- dashboard reads ------------------------------------------------------------------------
+
+    async def table_size(self) -> tuple[int, bool]:
+        """The planner's row estimate (kept by autovacuum): counting a million rows exactly
+        takes longer than a page view may."""
+        async with self._auto.connect() as conn:
+            estimate = (await conn.execute(_ESTIMATE)).scalar()
+            if estimate is not None and estimate >= EXACT_BELOW:
+                return int(estimate), True
+            # Small, or never analyzed yet: count, but never more than a page view can afford.
+            n = int((await conn.execute(_COUNT_UP_TO, {"n": 2 * EXACT_BELOW})).scalar() or 0)
+            return n, n >= 2 * EXACT_BELOW
+
 
 _BATCH = msgspec.json.Encoder()
 _encode = msgspec.json.Encoder().encode
+
+# -- counters: the outcome write, wrapped ----------------------------------------------------------
+# The finish statement is wrapped, not copied: its RETURNING gives exactly the jobs whose guard
+# matched, and the counters of exactly those are upserted by the same statement (one round trip,
+# atomic with the outcomes, so a kill -9 can neither lose a count nor count twice). The tally's
+# parameters follow the finish statement's own, whatever their number.
+
+FOLD_AFTER_MINUTES: Final = 120
+_TALLY: Final = (
+    ("id", "bigint"), ("source", "text"), ("minute", "bigint"), ("name", "text"), ("queue", "text"), ("kind", "text"),
+    ("run_s", "float8"), ("wait_s", "float8"), ("costed", "integer"), ("statements", "bigint"), ("db_s", "float8"),
+    ("db_rows", "bigint"), ("tx_s", "float8"), ("pool_wait_s", "float8"),
+)  # fmt: skip
+_KEY: Final = "source, minute, name, queue, kind"
+_SUMS: Final = ", ".join(STATS_SUMS)
+_ADD: Final = ", ".join(f"{c} = runner_stats.{c} + excluded.{c}" for c in STATS_SUMS)
+_AGGREGATES: Final = ", ".join(
+    ["count(*)", *(f"sum(t.{c})" for c in STATS_SUMS[1:9])]
+    + [f"count(*) FILTER (WHERE t.run_s <= {b!r})" for b in BUCKETS]
+    + [f"count(*) FILTER (WHERE t.wait_s <= {b!r})" for b in BUCKETS]
+)
+
+
+# Every finish statement takes its twelve values as $1..$12 (_FINISH_FIELDS); the counter
+# deltas follow from $13.
+_SECONDS: Final = frozenset({"run_s", "wait_s", "db_s", "tx_s", "pool_wait_s"})
+_ONE: Final = (
+    ("source", "text"), ("minute", "bigint"), ("name", "text"), ("queue", "text"), ("kind", "text"),
+    *((c, "float8" if c in _SECONDS else "bigint") for c in STATS_SUMS),
+)  # fmt: skip
+_TALLY_ARRAYS: Final = ", ".join(f"${len(_FINISH_FIELDS) + i + 1}::{kind}[]" for i, (_, kind) in enumerate(_TALLY))
+_TALLY_NAMES: Final = ", ".join(c for c, _ in _TALLY)
+_ONE_VALUES: Final = ", ".join(f"${len(_FINISH_FIELDS) + i + 1}::{kind}" for i, (_, kind) in enumerate(_ONE))
+# A batch: the deltas of each outcome as arrays, joined to the rows the finish matched, so only
+# written outcomes are counted.
+_COUNTED: Final = f"""
+    counted AS (
+        INSERT INTO runner_stats ({_KEY}, {_SUMS})
+        SELECT t.source, t.minute, t.name, t.queue, t.kind, {_AGGREGATES}
+        FROM done JOIN unnest({_TALLY_ARRAYS}) AS t({_TALLY_NAMES}) ON t.id = done.id
+        GROUP BY t.source, t.minute, t.name, t.queue, t.kind
+        ON CONFLICT ({_KEY}) DO UPDATE SET {_ADD}
+    )
+    SELECT id, has_dependants FROM done
+"""
+# One outcome (the job's own transaction): its deltas computed here and sent as plain values,
+# which PostgreSQL takes faster than arrays to unnest and join.
+_COUNTED_ONE: Final = f"""
+    counted AS (
+        INSERT INTO runner_stats ({_KEY}, {_SUMS}) SELECT {_ONE_VALUES} FROM done
+        ON CONFLICT ({_KEY}) DO UPDATE SET {_ADD}
+    )
+    SELECT id, has_dependants FROM done
+"""
+_SUMMED: Final = ", ".join(f"sum({c})" for c in STATS_SUMS)
+_FINISH_COUNTED: Final = f"WITH done AS ({_FINISH}), {_COUNTED}"
+_FINISH_FAST_COUNTED: Final = f"WITH done AS ({_FINISH_FAST}), {_COUNTED}"
+_FINISH_ONE_COUNTED: Final = f"WITH done AS ({_FINISH_ONE}), {_COUNTED_ONE}"
+# Folding moves rows, never copies them: DELETE ... RETURNING feeds the INSERT, so two hosts
+# folding at once cannot both fold a row (the second finds it deleted).
+_FOLD_STATS: Final = text(
+    f"""
+    WITH old AS (DELETE FROM runner_stats WHERE minute > 0 AND minute < :cut RETURNING name, queue, kind, {_SUMS})
+    INSERT INTO runner_stats ({_KEY}, {_SUMS})
+    SELECT '*', 0, name, queue, kind, {_SUMMED} FROM old GROUP BY name, queue, kind
+    ON CONFLICT ({_KEY}) DO UPDATE SET {_ADD}
+    """
+)
+# Ended minutes of every lane into one row per (minute, key): the overview's hour stays a few
+# thousand rows however many workers wrote it. A late writer (a clock behind) adds a row; the
+# next fold takes it too.
+_FOLD_LANES: Final = text(
+    f"""
+    WITH old AS (DELETE FROM runner_stats WHERE source <> '*' AND minute < :cut RETURNING minute, name, queue, kind, {_SUMS})
+    INSERT INTO runner_stats ({_KEY}, {_SUMS})
+    SELECT '*', minute, name, queue, kind, {_SUMMED} FROM old GROUP BY minute, name, queue, kind
+    ON CONFLICT ({_KEY}) DO UPDATE SET {_ADD}
+    """
+)
+EXACT_BELOW: Final = 200_000  # table_size counts exactly below this many rows
+_COUNT_UP_TO: Final = text("SELECT count(*) FROM (SELECT 1 FROM runner_jobs LIMIT :n) AS t")
+_ESTIMATE: Final = text("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass('runner_jobs')")
+
+
+def _tally_values(outcome: Outcome) -> tuple[Any, ...]:
+    [row] = tally_rows([outcome], lanes=True)
+    return tuple(float(row[c]) if kind == "float8" else row[c] for c, kind in _ONE)
+
+
+def _tally_arrays(outcomes: Sequence[Outcome]) -> tuple[list[Any], ...]:
+    columns: tuple[list[Any], ...] = tuple([] for _ in _TALLY)
+    for o in outcomes:
+        source, minute, name, queue, kind, run_s, wait_s, cost = tally_of(o, lanes=True)
+        values: tuple[Any, ...] = (o.job_id, source, minute, name, queue, kind, run_s, wait_s)
+        if cost is None:
+            values += (0, 0, 0.0, 0, 0.0, 0.0)
+        else:
+            values += (1, cost.statements, cost.db_ms / 1000, cost.rows, cost.tx_ms / 1000, cost.pool_wait_ms / 1000)
+        for column, value in zip(columns, values):
+            column.append(value)
+    return columns
 
 
 def _copy_records(envelopes: Sequence[Envelope], now: float, max_payload: int) -> list[tuple[Any, ...]] | None:

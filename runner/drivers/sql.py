@@ -25,15 +25,15 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..db_unavailable import database_unavailable
-from ..decide import Outcome
+from ..decide import GIVEN_BACK, Outcome
 from ..enqueue_batching import EnqueueBatcher
 from ..errors import EnqueueError, PayloadTooLarge, SchemaError
 from ..rows import CLAIM_COLUMNS, TEXT_COLUMNS, decode_row
-from ..schema import SCHEMA_VERSION
+from ..schema import BUCKETS, SCHEMA_VERSION, STATS_SUMS
 from ..wire import MAX_DEPTH, PROTOCOL_VERSION, Attempt, BadRow, Envelope, State, check_depth, encode_json_bytes
-from .base import CancelResult, Driver, JobFilter, JobRow, WorkerRow
+from .base import CancelResult, Driver, JobFilter, JobPage, JobRow, NodeRow, QueueCounts, StatsRow, WorkerRow
 
-__all__ = ["SQLDriver", "insert_row"]
+__all__ = ["SQLDriver", "insert_row", "tally_rows"]
 
 log = logging.getLogger("runner.drivers")
 
@@ -332,15 +332,19 @@ class SQLDriver(Driver):
 
     # -- complete -------------------------------------------------------------------------------
 
-    @abstractmethod
     async def _finish_fast(self, outcomes: Sequence[Outcome]) -> int:
-        """Write outcomes of jobs that nothing waits for, in autocommit, one statement; rows
-        with dependants are left alone (their write must release them in one transaction).
-        Returns how many matched."""
+        """Write outcomes of jobs that nothing waits for, with their counters (runner_stats), in
+        one autocommit statement; rows with dependants are left alone (their write must release
+        them in one transaction). Returns how many matched. A driver for which one transaction
+        per batch costs the same (SQLite: one writer lock, one commit) keeps this default and
+        lets ``_finish_each`` take every outcome."""
+        return 0
 
     @abstractmethod
     async def _finish_each(self, conn: AsyncConnection, outcomes: Sequence[Outcome]) -> list[tuple[int, bool]]:
-        """Write outcomes inside ``conn``'s transaction; (job id, has dependants) of each match."""
+        """Write outcomes inside ``conn``'s transaction, with the counters of exactly those whose
+        guard matched (an attempt is counted iff its outcome is written); (job id, has
+        dependants) of each match."""
 
     async def complete(self, outcomes: Sequence[Outcome]) -> int:
         if not outcomes:
@@ -503,6 +507,7 @@ class SQLDriver(Driver):
     async def worker_seen(self, worker: WorkerRow) -> None:
         async with self._workers_connection() as conn:
             await conn.execute(_WORKER_UPSERT, vars(worker))
+            await conn.execute(_NODE_SEEN, {"node": worker.node, "now": worker.seen_at})  # the dashboard's hosts
 
     async def worker_gone(self, owner: str) -> None:
         async with self._workers_connection() as conn:
@@ -659,6 +664,269 @@ class SQLDriver(Driver):
     async def dispose(self) -> None:
         await self.engine.dispose()
 
+    # -- counters (runner_stats): written with the outcomes (see _finish_fast, _finish_each) ----
+
+    async def stats_totals(self) -> list[StatsRow]:
+        async with self._auto.connect() as conn:
+            rows = (await conn.execute(_STATS_TOTALS)).all()
+        return [StatsRow(0, str(r[0]), str(r[1]), str(r[2]), dict(zip(STATS_SUMS, map(_number, r[3:])))) for r in rows]
+
+    async def stats_since(self, minute: int, per: str = "minute") -> list[StatsRow]:
+        statement = _STATS_SINCE.get(per)
+        if statement is None:
+            raise ValueError(f"stats_since(per={per!r}); accepted: {', '.join(_STATS_SINCE)}")
+        async with self._auto.connect() as conn:
+            rows = (await conn.execute(statement, {"minute": int(minute)})).all()
+        return [StatsRow(int(r[0]), str(r[1]), str(r[2]), str(r[3]), dict(zip(STATS_SUMS, map(_number, r[4:])))) for r in rows]
+
+    # -- dashboard reads ------------------------------------------------------------------------
+
+    async def queue_counts(self, now: float) -> list[QueueCounts]:
+        found: dict[str, dict[str, Any]] = {}
+        async with self._auto.connect() as conn:
+            for queue, runnable, scheduled, oldest in (await conn.execute(_QUEUED_BY_QUEUE, {"now": now})).all():
+                found.setdefault(queue, {}).update(
+                    queued=int(runnable or 0), scheduled=int(scheduled or 0), oldest_runnable_at=oldest
+                )
+            for queue, n in (await conn.execute(_RUNNING_BY_QUEUE)).all():
+                found.setdefault(queue, {})["running"] = int(n)
+            for queue, n in (await conn.execute(_WAITING_BY_QUEUE)).all():
+                found.setdefault(queue, {})["waiting"] = int(n)
+            for queue, state, n in (await conn.execute(_ENDED_BY_QUEUE)).all():
+                found.setdefault(queue, {})[state] = int(n)
+        for queue in await self.paused_queues():
+            found.setdefault(queue, {})["paused"] = True
+        return [QueueCounts(queue=q, **found[q]) for q in sorted(found)]
+
+    async def find_jobs(self, where: JobFilter, limit: int) -> JobPage:
+        clauses, params = _filter_clauses(where)
+        params["limit"] = int(limit)
+        windowed = where.job_id is None and where.key is None and where.state in (None, "succeeded")
+        before = where.before_id
+        if before is None and where.created_before is not None:
+            before = await self._id_created_by(where.created_before)
+        if where.created_after is not None:
+            # The range's other end by the same bisection: an hour three days ago is scanned as
+            # that hour's rows, not as a window of the newest ones.
+            start = await self._id_created_by(where.created_after)
+            if start is not None:
+                clauses.append("id > :created_from")
+                params["created_from"] = start - 2 * _CLOCK_SLACK_IDS
+                windowed = windowed and before is None
+        floor: int | None = None
+        if windowed:
+            async with self._auto.connect() as conn:
+                found = (await conn.execute(_WINDOW_FLOOR, {"before": before or _NO_ID, "window": SEARCH_WINDOW})).scalar()
+            floor = None if found is None else int(found)
+            if floor is not None:
+                clauses.append("id > :floor")
+                params["floor"] = floor
+        if before is not None:
+            clauses.append("id < :before")
+            params["before"] = before
+        rows = await self._select(" AND ".join(clauses) + " ORDER BY id DESC LIMIT :limit", params)  # clauses: constants
+        if len(rows) == limit:
+            return JobPage(rows, rows[-1].id, SEARCH_WINDOW if windowed else None)
+        return JobPage(rows, None if floor is None else floor + 1, SEARCH_WINDOW if windowed and floor is not None else None)
+
+    async def _id_created_by(self, t: float) -> int | None:
+        """The first id created at or after ``t``, by bisection over the primary key: ids are
+        handed out in creation order, so a time range starts its search there instead of at
+        the newest row. Only a starting point: the exact ``created_at`` test is applied too."""
+        async with self._auto.connect() as conn:
+            low, high = (await conn.execute(_ID_RANGE)).one()
+            if low is None or high is None:
+                return None
+            low, high = int(low), int(high) + 1
+            while low < high:
+                mid = (low + high) // 2
+                created = (await conn.execute(_CREATED_AT_OR_AFTER, {"id": mid})).scalar()
+                if created is None or created >= t:
+                    high = mid
+                else:
+                    low = mid + 1
+        return low + _CLOCK_SLACK_IDS
+
+    async def running_jobs(self, limit: int = 1000) -> list[JobRow]:
+        return await self._select(_RUNNING + " ORDER BY started_at LIMIT :limit", {"limit": int(limit)})
+
+    async def nodes(self, since: float) -> list[NodeRow]:
+        async with self._workers_connection() as conn:
+            return [NodeRow(str(n), float(f), float(s)) for n, f, s in (await conn.execute(_NODES, {"since": since})).all()]
+
+    async def schedule_names(self) -> list[str]:
+        async with self._auto.connect() as conn:
+            return [str(r[0]) for r in (await conn.execute(_SCHEDULE_NAMES)).all() if r[0] is not None]
+
+    async def schedule_fires(self, name: str, limit: int = 5) -> list[tuple[float, int | None]]:
+        async with self._auto.connect() as conn:
+            rows = (await conn.execute(_SCHEDULE_FIRES, {"name": name, "n": int(limit)})).all()
+        return [(float(f), None if j is None else int(j)) for f, j in rows]
+
+    async def retry_jobs(self, ids: Sequence[int]) -> int:
+        if not ids:
+            return 0
+        async with self.engine.begin() as conn:
+            return int((await conn.execute(_RETRY_IDS, {"ids": [int(i) for i in ids], "now": time.time()})).rowcount)
+
+    async def cancel_jobs(self, ids: Sequence[int]) -> int:
+        if not ids:
+            return 0
+        params = {"ids": [int(i) for i in ids], "now": time.time(), "error": _CANCELLED_QUEUED_ERROR}
+        async with self._auto.connect() as conn:
+            cancelled = int((await conn.execute(_CANCEL_QUEUED_IDS, params)).rowcount)
+            running = [int(r[0]) for r in (await conn.execute(_RUNNING_IDS, {"ids": params["ids"]})).all()]
+        for job_id in running:
+            cancelled += int(await self._request_cancel(job_id))
+        return cancelled
+
+    async def delete_jobs(self, ids: Sequence[int]) -> int:
+        if not ids:
+            return 0
+        async with self.engine.begin() as conn:
+            return int((await conn.execute(_DELETE_IDS, {"ids": [int(i) for i in ids]})).rowcount)
+
+
+# --- counters and dashboard reads: statements ----------------------------------------------------
+
+SEARCH_WINDOW: Final = 100_000  # rows a page of an unindexed search examines at most
+_NO_ID: Final = 2**63 - 1
+_CLOCK_SLACK_IDS: Final = 1000  # producers' clocks differ a little: start a time range this far above
+_ENDED: Final = "state IN ('failed', 'cancelled', 'expired')"  # the partial index runner_jobs_ended
+# Sums as doubles: PostgreSQL would sum bigints into numeric, slow to decode by the thousand.
+_SUM_LIST: Final = ", ".join(f"CAST(sum({c}) AS DOUBLE PRECISION)" for c in STATS_SUMS)
+_STATS_TOTALS = text(
+    f"SELECT name, queue, kind, {_SUM_LIST} FROM runner_stats GROUP BY name, queue, kind ORDER BY name, queue, kind"
+)
+# per minute and queue (the charts, the queues' last hour), per job name (what jobs cost), per queue
+_STATS_SINCE: Final = {
+    "minute": text(
+        f"SELECT minute, '*', queue, kind, {_SUM_LIST} FROM runner_stats WHERE minute >= :minute"
+        " GROUP BY minute, queue, kind ORDER BY minute, queue, kind"
+    ),
+    "name": text(
+        f"SELECT 0, name, queue, kind, {_SUM_LIST} FROM runner_stats WHERE minute >= :minute"
+        " GROUP BY name, queue, kind ORDER BY name, queue, kind"
+    ),
+    "queue": text(
+        f"SELECT 0, '*', queue, kind, {_SUM_LIST} FROM runner_stats WHERE minute >= :minute"
+        " GROUP BY queue, kind ORDER BY queue, kind"
+    ),
+}
+_QUEUED_BY_QUEUE = text(
+    "SELECT queue, sum(CASE WHEN run_at <= :now THEN 1 ELSE 0 END), sum(CASE WHEN run_at > :now THEN 1 ELSE 0 END),"
+    " min(CASE WHEN run_at <= :now THEN run_at END) FROM runner_jobs WHERE state = 'queued' GROUP BY queue"
+)
+_RUNNING_BY_QUEUE = text("SELECT queue, count(*) FROM runner_jobs WHERE state = 'running' GROUP BY queue")
+_WAITING_BY_QUEUE = text("SELECT queue, count(*) FROM runner_jobs WHERE state = 'waiting' GROUP BY queue")
+_ENDED_BY_QUEUE = text(f"SELECT queue, state, count(*) FROM runner_jobs WHERE {_ENDED} GROUP BY queue, state")
+_WINDOW_FLOOR = text("SELECT id FROM runner_jobs WHERE id < :before ORDER BY id DESC LIMIT 1 OFFSET :window")
+_ID_RANGE = text("SELECT (SELECT min(id) FROM runner_jobs), (SELECT max(id) FROM runner_jobs)")
+_CREATED_AT_OR_AFTER = text("SELECT created_at FROM runner_jobs WHERE id >= :id ORDER BY id LIMIT 1")
+_RUNNING: Final = "state = 'running'"
+_NODE_SEEN = text(
+    "INSERT INTO runner_nodes (node, first_seen, seen_at) VALUES (:node, :now, :now)"
+    " ON CONFLICT (node) DO UPDATE SET seen_at = excluded.seen_at"
+)
+_NODES = text("SELECT node, first_seen, seen_at FROM runner_nodes WHERE seen_at >= :since ORDER BY node")
+# Distinct names by walking the primary key (a loose index scan): the history of a per-second
+# schedule is 600,000 rows, and DISTINCT would read them all.
+_SCHEDULE_NAMES = text(
+    "WITH RECURSIVE n(name) AS (SELECT min(name) FROM runner_schedule UNION ALL"
+    " SELECT (SELECT min(s.name) FROM runner_schedule s WHERE s.name > n.name) FROM n WHERE n.name IS NOT NULL)"
+    " SELECT name FROM n WHERE name IS NOT NULL"
+)
+_SCHEDULE_FIRES = text("SELECT fire_at, job_id FROM runner_schedule WHERE name = :name ORDER BY fire_at DESC LIMIT :n")
+_RETRY_IDS = text(f"UPDATE runner_jobs SET {_RETRY_SET} WHERE id IN :ids AND {_ENDED}").bindparams(
+    bindparam("ids", expanding=True)
+)
+_CANCEL_QUEUED_IDS = text(
+    "UPDATE runner_jobs SET state = 'cancelled', finished_at = :now, error = :error WHERE id IN :ids AND state = 'queued'"
+).bindparams(bindparam("ids", expanding=True))
+_RUNNING_IDS = text("SELECT id FROM runner_jobs WHERE id IN :ids AND state = 'running'").bindparams(
+    bindparam("ids", expanding=True)
+)
+_DELETE_IDS = text("DELETE FROM runner_jobs WHERE id IN :ids AND state <> 'running'").bindparams(bindparam("ids", expanding=True))
+
+
+def _filter_clauses(where: JobFilter) -> tuple[list[str], dict[str, Any]]:
+    """WHERE terms (constants of this module; values are bound parameters) for ``find_jobs``."""
+    clauses: list[str] = ["1 = 1"]
+    params: dict[str, Any] = {}
+    if where.state is not None:
+        clauses.append("state = :state")
+        params["state"] = where.state
+        if where.state in ("failed", "cancelled", "expired"):
+            clauses.append(_ENDED)  # implied, but SQLite needs it spelled out to use the partial index
+    for column in ("queue", "key"):
+        value = getattr(where, column)
+        if value is not None:
+            clauses.append(f"{column} = :{column}")
+            params[column] = value
+    if where.job_id is not None:
+        clauses.append("id = :job_id")
+        params["job_id"] = int(where.job_id)
+    if where.name is not None:
+        clauses.append("name LIKE :name_prefix ESCAPE '\\'")
+        params["name_prefix"] = _like_escape(where.name) + "%"
+    if where.contains is not None:
+        clauses.append("name LIKE :name_contains ESCAPE '\\'")
+        params["name_contains"] = "%" + _like_escape(where.contains) + "%"
+    if where.created_after is not None:
+        clauses.append("created_at >= :created_after")
+        params["created_after"] = float(where.created_after)
+    if where.created_before is not None:
+        clauses.append("created_at < :created_before")
+        params["created_before"] = float(where.created_before)
+    return clauses, params
+
+
+def _like_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+_SOURCE_LANE: Final = "{worker}/{lane}"
+
+
+def tally_rows(outcomes: Sequence[Outcome], lanes: bool) -> list[dict[str, Any]]:
+    """The counter deltas of ``outcomes`` (already known to have been written), one dict per
+    (source, minute, name, queue, kind), every column of ``STATS_SUMS`` summed."""
+    rows: dict[tuple[str, int, str, str, str], dict[str, Any]] = {}
+    for o in outcomes:
+        source, minute, name, queue, kind, run_s, wait_s, cost = tally_of(o, lanes)
+        key = (source, minute, name, queue, kind)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = dict.fromkeys(STATS_SUMS, 0)
+            row.update(source=source, minute=minute, name=name, queue=queue, kind=kind)
+        row["n"] += 1
+        row["run_s"] += run_s
+        row["wait_s"] += wait_s
+        if cost is not None:
+            row["costed"] += 1
+            row["statements"] += cost.statements
+            row["db_s"] += cost.db_ms / 1000
+            row["db_rows"] += cost.rows
+            row["tx_s"] += cost.tx_ms / 1000
+            row["pool_wait_s"] += cost.pool_wait_ms / 1000
+        for i, bound in enumerate(BUCKETS):
+            if run_s <= bound:
+                row[f"run_b{i}"] += 1
+            if wait_s <= bound:
+                row[f"wait_b{i}"] += 1
+    return list(rows.values())
+
+
+def tally_of(o: Outcome, lanes: bool) -> tuple[str, int, str, str, str, float, float, Any]:
+    """(source, minute, name, queue, kind, run seconds, wait seconds, cost) of one outcome.
+    ``lanes``: the writer keeps one counter row per job slot (PostgreSQL, where a worker's
+    concurrent job transactions would otherwise queue on one row)."""
+    record = o.record
+    source = _SOURCE_LANE.format(worker=record.worker, lane=o.lane) if lanes and o.lane >= 0 else record.worker
+    kind = o.kind or (o.state if o.state != "queued" else GIVEN_BACK)
+    run_s = max(0.0, record.finished_at - record.started_at)
+    return source, int(record.finished_at // 60), o.name or "?", o.queue or "?", kind, run_s, o.waited, record.cost
+
 
 # --- rows and parameters ------------------------------------------------------------------------
 
@@ -761,3 +1029,8 @@ def _glob_to_like(pattern: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def _number(value: Any) -> float:
+    """A summed counter as a float (PostgreSQL sums bigints into numeric)."""
+    return float(value or 0)

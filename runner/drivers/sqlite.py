@@ -36,10 +36,10 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..decide import Outcome
-from ..schema import Dialect, job_indexes, job_table, side_tables, workers_table
+from ..schema import STATS_SUMS, Dialect, job_indexes, job_table, nodes_table, side_tables, workers_table
 from ..wire import MAX_HISTORY, Attempt, BadRow
-from .base import CancelResult, JobRow, WorkerRow
-from .sql import INSERT_COLUMNS, JOB_COLUMNS, SQLDriver, claim_columns, outcome_params
+from .base import CancelResult, JobRow, NodeRow, WorkerRow
+from .sql import INSERT_COLUMNS, JOB_COLUMNS, SQLDriver, claim_columns, outcome_params, tally_rows
 
 __all__ = ["SQLiteDriver", "control_path"]
 
@@ -122,6 +122,9 @@ _RUNNING_PAST: Final = text(
 _STILL_OURS: Final = text("SELECT id, lease_token FROM runner_jobs WHERE state = 'running' AND id IN :ids").bindparams(
     bindparam("ids", expanding=True)
 )
+_STILL_OURS_DEPS: Final = text(
+    "SELECT id, lease_token, has_dependants FROM runner_jobs WHERE state = 'running' AND id IN :ids"
+).bindparams(bindparam("ids", expanding=True))
 
 _APPEND: Final = f"""CASE
         WHEN json_valid(attempts) THEN (CASE
@@ -143,10 +146,6 @@ _FINISH: Final = text(
     WHERE id = :id AND lease_token = :token AND state = 'running'
     """
 )
-# Jobs that nothing waits for, many at once; a row with dependants is written one by one (with
-# its release) in a transaction instead.
-_FINISH_FAST: Final = text(_FINISH.text.replace("AND state = 'running'", "AND state = 'running' AND has_dependants = 0"))
-_FINISH_EACH: Final = text(_FINISH.text.rstrip() + " RETURNING id, has_dependants")
 _INSERT_ID: Final = text(f"INSERT INTO runner_jobs (id, {_INSERT_NAMES}) VALUES (:id, {_INSERT_VALUES})")
 _LAST_ID: Final = text(
     "SELECT max(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'runner_jobs'), 0),"
@@ -161,6 +160,7 @@ _CONTROL_DDL: Final = (
     " progress TEXT NOT NULL, updated_at REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS runner_cancel (job_id INTEGER PRIMARY KEY, requested_at REAL NOT NULL)",
     workers_table(DIALECT),
+    nodes_table(DIALECT),
 )
 _RENEW: Final = text(
     "INSERT INTO runner_leases (job_id, token, expires_at) VALUES (:id, :token, :until)"
@@ -323,18 +323,21 @@ class SQLiteDriver(SQLDriver):
         gone = [r for r in rows if not (r[0] in leases and leases[r[0]][0] == r[1] and leases[r[0]][1] >= now)]
         return self._decode(gone[:limit])
 
-    async def _finish_fast(self, outcomes: Sequence[Outcome]) -> int:
-        # executemany cannot return rows; the rowcount says how many guards matched.
-        async with self._auto.connect() as conn:
-            return int((await conn.execute(_FINISH_FAST, [outcome_params(o) for o in outcomes])).rowcount)
+    # _finish_fast: none. One BEGIN IMMEDIATE per batch costs what an autocommit write does (one
+    # writer lock, one commit), so every outcome takes the transaction below.
 
     async def _finish_each(self, conn: AsyncConnection, outcomes: Sequence[Outcome]) -> list[tuple[int, bool]]:
-        done = []
-        for outcome in outcomes:
-            row = (await conn.execute(_FINISH_EACH, outcome_params(outcome))).first()
-            if row is not None:
-                done.append((int(row[0]), bool(row[1])))
-        return done
+        """Inside the write transaction (BEGIN IMMEDIATE holds SQLite's one write lock), so the
+        rows read first are exactly the rows the guarded write then matches: three statements
+        for the batch (executemany cannot return rows), counters for just those rows."""
+        rows = (await conn.execute(_STILL_OURS_DEPS, {"ids": [o.job_id for o in outcomes]})).all()
+        live = {int(i): (token, bool(has)) for i, token, has in rows}
+        mine = [o for o in outcomes if o.job_id in live and live[o.job_id][0] == o.token]
+        if not mine:
+            return []
+        await conn.execute(_FINISH, [outcome_params(o) for o in mine])
+        await conn.execute(_STATS_UPSERT, tally_rows(mine, lanes=False))
+        return [(o.job_id, live[o.job_id][1]) for o in mine]
 
     async def set_progress(self, job_id: int, token: int, progress: str) -> bool:
         async with self._control_auto.connect() as conn:
@@ -424,6 +427,65 @@ class SQLiteDriver(SQLDriver):
         await self.engine.dispose()
         if self.control is not self.engine:
             await self.control.dispose()
+
+    # -- counters (runner_stats): in the transaction that writes the outcomes ------------------
+
+    async def fold_stats(self, now: float) -> int:
+        minute = int(now // 60)
+        async with self.engine.begin() as conn:
+            await conn.execute(_FOLD_LANES, {"cut": minute - 1})
+            folded = int((await conn.execute(_DROP_LANES, {"cut": minute - 1})).rowcount)
+            await conn.execute(_FOLD_STATS, {"cut": minute - FOLD_AFTER_MINUTES})
+            return folded + int((await conn.execute(_DROP_FOLDED, {"cut": minute - FOLD_AFTER_MINUTES})).rowcount)
+
+    # -- dashboard reads ------------------------------------------------------------------------
+
+    async def table_size(self) -> tuple[int, bool]:
+        """Exact while the table is small; past ``EXACT_BELOW`` ids, the span of ids (one index
+        lookup each end), since counting a million rows takes SQLite about 100 ms. Retention
+        deletes the oldest rows, so the span stays close; it is marked an estimate."""
+        async with self._auto.connect() as conn:
+            low, high = (
+                await conn.execute(text("SELECT (SELECT min(id) FROM runner_jobs), (SELECT max(id) FROM runner_jobs)"))
+            ).one()
+            if low is None:
+                return 0, False
+            span = int(high) - int(low) + 1
+            if span > EXACT_BELOW:
+                return span, True
+            return int((await conn.execute(text("SELECT count(*) FROM runner_jobs"))).scalar() or 0), False
+
+    async def nodes(self, since: float) -> list[NodeRow]:
+        await self._ensure_control()
+        return await super().nodes(since)
+
+
+FOLD_AFTER_MINUTES: Final = 120
+EXACT_BELOW: Final = 200_000  # table_size counts exactly below this many ids
+_KEY: Final = "source, minute, name, queue, kind"
+_SUMS: Final = ", ".join(STATS_SUMS)
+_ADD: Final = ", ".join(f"{c} = runner_stats.{c} + excluded.{c}" for c in STATS_SUMS)
+_SUMMED: Final = ", ".join(f"sum({c})" for c in STATS_SUMS)
+_PLACES: Final = ", ".join(":" + c for c in (*_KEY.split(", "), *STATS_SUMS))
+_STATS_UPSERT: Final = text(
+    f"INSERT INTO runner_stats ({_KEY}, {_SUMS}) VALUES ({_PLACES}) ON CONFLICT ({_KEY}) DO UPDATE SET {_ADD}"
+)
+# Two statements, one transaction: SQLite's single writer keeps anyone from folding the same rows.
+_FOLD_STATS: Final = text(
+    f"INSERT INTO runner_stats ({_KEY}, {_SUMS})"
+    f" SELECT '*', 0, name, queue, kind, {_SUMMED} FROM runner_stats"
+    f" WHERE minute > 0 AND minute < :cut GROUP BY name, queue, kind"
+    f" ON CONFLICT ({_KEY}) DO UPDATE SET {_ADD}"
+)
+_DROP_FOLDED: Final = text("DELETE FROM runner_stats WHERE minute > 0 AND minute < :cut")
+# Ended minutes of every writer into one row per (minute, key).
+_FOLD_LANES: Final = text(
+    f"INSERT INTO runner_stats ({_KEY}, {_SUMS})"
+    f" SELECT '*', minute, name, queue, kind, {_SUMMED} FROM runner_stats"
+    f" WHERE source <> '*' AND minute < :cut GROUP BY minute, name, queue, kind"
+    f" ON CONFLICT ({_KEY}) DO UPDATE SET {_ADD}"
+)
+_DROP_LANES: Final = text("DELETE FROM runner_stats WHERE source <> '*' AND minute < :cut")
 
 
 def _exists(path: str) -> bool:
