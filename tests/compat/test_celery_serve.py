@@ -161,14 +161,17 @@ def test_celery_project_under_runner_serve(project: Any, serve: Any) -> None:
     assert fan.get(timeout=5) == [0, 2, 4, 6, 8] and fan.completed_count() == 5
     assert joined.get(timeout=5) == 20
     assert middle.get(timeout=5) == 7
-    with pytest.raises(ChordError, match="explode 2"):
+    with pytest.raises(ZeroDivisionError, match="explode 2"):  # Celery raises the header task's error
         broken_chord.get(timeout=5)
+    assert isinstance(broken_chord.result, ChordError) and "explode 2" in str(broken_chord.result)
     with pytest.raises(ZeroDivisionError):
         errback.get(timeout=5)
     (called,) = named(log, "errback")
     assert called["failed_id"] == errback.id and "explode 7" in called["exc"] and called["has_traceback"]
     assert linked.get(timeout=5) == 2
-    (child,) = sql(url, f"SELECT result FROM runner_jobs WHERE parent_id = (SELECT id FROM runner_jobs WHERE key = '{linked.id}')")
+    (child,) = sql(
+        url, f"SELECT result FROM runner_jobs WHERE parent_id = (SELECT id FROM runner_jobs WHERE key = '{linked.id}')"
+    )
     assert child == ("200",)
 
     # update_state, revoke, rate limit

@@ -254,16 +254,34 @@ class AsyncResult:
         request = _state.current_request()
         if disable_sync_subtasks and request is not None and not request.is_eager:
             raise RuntimeError("Never call result.get() within a task! See Celery's 'Avoid launching synchronous subtasks'")
-        row = call_sync(self.app.runner_app, self._wait, timeout, interval)
-        return self._outcome(row, propagate)
+        return call_sync(self.app.runner_app, self._get, timeout, propagate, interval, follow_parents)
 
     wait = get
 
     async def aget(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5) -> Any:
         """``get`` for async callers: ``await result.aget()`` or ``await result``."""
         self.app._apply_broker()
+        return await self._get(timeout, propagate, interval, True)
+
+    async def _get(self, timeout: float | None, propagate: bool, interval: float, follow_parents: bool) -> Any:
         row = await self._wait(timeout, interval)
+        if follow_parents and propagate and self.parent is not None:
+            # Celery raises the error of the first failed step before this one (the one nearest
+            # the start), as a failed chord header task's, not the body's ChordError.
+            for node in reversed(list(self._parents())):
+                await node._throw_if_failed()
         return self._outcome(row, propagate)
+
+    def _parents(self) -> Any:
+        node = self.parent
+        while node is not None:
+            yield node
+            node = getattr(node, "parent", None)
+
+    async def _throw_if_failed(self) -> None:
+        row = await self._row_async()
+        if row is not None and row.state in _FINISHED and self._state_of(row) in states.PROPAGATE_STATES:
+            raise self._value(row)
 
     def __await__(self) -> Any:
         return self.aget().__await__()
@@ -360,6 +378,10 @@ class EagerResult(AsyncResult):
     async def aget(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5) -> Any:
         return self.get(propagate=propagate)
 
+    async def _throw_if_failed(self) -> None:
+        if self._state in states.PROPAGATE_STATES:
+            raise self._value_
+
     def revoke(self, *args: Any, **kwargs: Any) -> None:
         self._state = states.REVOKED
 
@@ -408,6 +430,10 @@ class ResultSet:
 
     def waiting(self) -> bool:
         return not self.ready()
+
+    async def _throw_if_failed(self) -> None:
+        for r in self.results:
+            await r._throw_if_failed()
 
     def revoke(self, connection: Any = None, terminate: bool = False, **kwargs: Any) -> None:
         for r in self.results:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ....wire import ChildSpec
+from ...kombu import Queue
 from ..exceptions import ImproperlyConfigured
 from ..signals import after_task_publish, before_task_publish
 from ..utils import uuid
@@ -220,7 +221,7 @@ def publish(app: Any, s: Sending) -> Message:
             "chord": dict(s.chord) if s.chord is not None else None,
         },
     )
-    declare = [q for q in app.declared_queues() if getattr(q, "name", None) == queue]
+    declare = [q for q in app.declared_queues() if getattr(q, "name", None) == queue] or [Queue(queue)]
     before_task_publish.send(
         sender=task.name, body=body, exchange="", routing_key=queue, headers=headers,
         properties={"correlation_id": s.id, "reply_to": ""}, declare=declare, retry_policy=dict(RETRY_POLICY),
