@@ -50,7 +50,7 @@ class _Ctx:
     parents: list[str] = field(default_factory=list)  # Celery ids of the tasks it waits for
     root: str | None = None
     task_id: str | None = None  # an id given from outside (a chain's task_id for its last step)
-    group: tuple[str, int] | None = None  # (group id, index) when it is a group's member
+    group: tuple[str, int | None] | None = None  # (group id, index) when it is a group's member
     chord_body: bool = False
     callback: bool = False
     errbacks: list[Any] = field(default_factory=list)
@@ -227,8 +227,8 @@ class _Builder:
         )  # fmt: skip
         tail = self.add(
             body,
-            _Ctx(
-                parents=head.tails, root=head.root, task_id=own.get("task_id") or ctx.task_id, group=ctx.group,
+            _Ctx(  # Celery's body carries the header's group id (no index), unless it is a group member itself
+                parents=head.tails, root=head.root, task_id=own.get("task_id") or ctx.task_id, group=ctx.group or (gid, None),
                 chord_body=True, errbacks=[*ctx.errbacks, *_listed(own.get("link_error"))],
                 links=[*_listed(own.get("link")), *ctx.links], parent_result=head.result,
             ),

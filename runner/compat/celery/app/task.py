@@ -377,8 +377,8 @@ class Task:
             when: Any = eta
             delay = max(0.0, eta.timestamp() - time.time())
         else:
-            delay = float(self.default_retry_delay if countdown is None else countdown)
-            when = delay
+            when = self.default_retry_delay if countdown is None else countdown  # as given, like Celery's
+            delay = float(when)
         ret = Retry(exc=exc, when=when, is_eager=request.is_eager)
         ret.delay = delay  # type: ignore[attr-defined]
         ret.new_args = None if args is None else list(args)  # type: ignore[attr-defined]
