@@ -21,6 +21,7 @@ __all__ = [
     "Retry",
     "SoftTimeLimitExceeded",
     "TaskError",
+    "TaskIdInUse",
     "TaskRevokedError",
     "Terminated",
     "TimeLimitExceeded",
@@ -110,6 +111,11 @@ class ParentFailed(CeleryError):
 # Error types of a step that ended because one it waited for did not succeed: runner's own, and
 # the shim's (a chord body whose header never ran). Results follow them to the step that failed.
 PROPAGATED: frozenset[str] = frozenset({"ParentFailed", "runner.compat.celery.exceptions.ParentFailed"})
+
+
+class TaskIdInUse(CeleryError, ValueError):
+    """A task id chosen for a step that waits for another is already the id of a task that has
+    not finished: two unfinished runner jobs cannot share an id (its idempotency key)."""
 
 
 class TimeoutError(CeleryError, builtins.TimeoutError):

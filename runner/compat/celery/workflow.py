@@ -37,6 +37,8 @@ import runner.compat.celery._state as _state
 from ...workflows import Chain, Chord, Group, plan
 from .app.amqp import Message, Sending, publish, published
 from .canvas import Signature, chain, chord, chunks, group, maybe_signature
+from .exceptions import TaskIdInUse
+from .producer import store_for
 from .result import AsyncResult, GroupResult
 from .utils import uuid
 
@@ -77,6 +79,7 @@ class Planned:
     messages: list[Message]
     result: Any
     results: dict[str, AsyncResult]  # by Celery id, to learn their job ids
+    chosen: list[tuple[str, bool]]
 
 
 _OWN = ("task_id", "link", "link_error")  # options of a canvas node that are not its tasks'
@@ -87,6 +90,7 @@ class _Builder:
         self.app = app
         self.messages: list[Message] = []
         self.results: dict[str, AsyncResult] = {}
+        self.chosen: list[tuple[str, bool]] = []  # (caller-chosen task id, does it wait for another task)
         request = _state.current_request()
         self.parent_job = getattr(request, "job_id", None) if request is not None and not request.is_eager else None
         self.parent_root_job = None
@@ -112,7 +116,8 @@ class _Builder:
 
     def _task(self, sig: Signature, ctx: _Ctx) -> _Out:
         options = {**ctx.inherit, **sig.options}
-        task_id = ctx.task_id or options.get("task_id") or uuid()
+        chosen = ctx.task_id or options.get("task_id")
+        task_id = chosen or uuid()
         if task_id in self.results:
             raise ValueError(f"task id {task_id!r} is given to two tasks of one canvas; a task id names one task")
         links = [*_listed(options.pop("link", None)), *ctx.links]
@@ -133,6 +138,8 @@ class _Builder:
             parent_job=self.parent_job if not ctx.parents else None,
             parent_root_job=self.parent_root_job if not ctx.parents else None,
         )  # fmt: skip
+        if chosen:
+            self.chosen.append((task_id, bool(ctx.parents)))
         message = publish(self.app, sending)
         self.messages.append(message)
         return _Out(message.call, result, [task_id], root)
@@ -286,7 +293,7 @@ def plan_canvas(app: Any, sig: Any, options: dict[str, Any]) -> Planned:
     )  # fmt: skip
     builder = _Builder(app)
     out = builder.add(sig, top)
-    return Planned(out.step, builder.messages, out.result, builder.results)
+    return Planned(out.step, builder.messages, out.result, builder.results, builder.chosen)
 
 
 def _envelopes(planned: Planned, now: float) -> tuple[list[Any], list[str]]:
@@ -304,9 +311,37 @@ def _envelopes(planned: Planned, now: float) -> tuple[list[Any], list[str]]:
     return envelopes, ids
 
 
+async def _unfinished_with_chosen_ids(app: Any, planned: Planned) -> int | None:
+    """A chosen task id is the job's idempotency key, and only queued or running jobs hold a key
+    (the database's unique index): a step that waits would take its key only when released,
+    after a second job had been given the same id. So a waiting step may not reuse the id of
+    an unfinished task, and one task sent with the id of a waiting step is that step (its job
+    id is returned), as a queued or running one is. UUIDs the shim makes up never collide."""
+    if not planned.chosen:
+        return None
+    store = await store_for(app.runner)
+    single = len(planned.results) == 1
+    for task_id, waits in planned.chosen:
+        row = await store.get_by_key(task_id)
+        if row is None or row.state not in ("waiting", "queued", "running"):
+            continue
+        if single and not waits and row.state == "waiting":
+            return int(row.id)
+        if waits or row.state == "waiting":
+            raise TaskIdInUse(
+                f"task id {task_id!r} is already the id of job {row.id} ({row.name}, {row.state}): a task id names one "
+                "unfinished task; send this canvas once, or give its tasks new ids"
+            )
+    return None
+
+
 async def send_async(app: Any, sig: Any, options: dict[str, Any]) -> Any:
     """Enqueue ``sig`` (a task signature or any canvas) in one transaction; its result."""
     planned = plan_canvas(app, sig, options)
+    existing = await _unfinished_with_chosen_ids(app, planned)
+    if existing is not None:  # the one task is already there, waiting: it is this send
+        planned.result._job_id = existing
+        return planned.result
     envelopes, ids = _envelopes(planned, time.time())
     job_ids = await app.enqueue_async(envelopes)
     for task_id, job_id in zip(ids, job_ids):
