@@ -318,6 +318,14 @@ class Task:
         """``map`` with each item unpacked as the arguments."""
         return xstarmap(self.s(), it, app=self.app)
 
+    def replace(self, sig: Any) -> Any:
+        """Celery's ``Task.replace`` is not supported: it would move this task's place in its
+        workflow (what waits for it) to another canvas while it runs."""
+        raise NotImplementedError(
+            f"{self.name}: Task.replace() is not supported by the runner shim; return the value instead, or send the "
+            "other canvas with a link= to what should follow"
+        )
+
     # -- results ------------------------------------------------------------------------------
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> Any:
