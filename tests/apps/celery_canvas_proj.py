@@ -40,7 +40,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS task_records (
     id TEXT PRIMARY KEY, name TEXT, status TEXT, published INTEGER DEFAULT 0, root_id TEXT, parent_id TEXT,
     grp TEXT, grp_index INTEGER, args TEXT, kwargs TEXT, embed TEXT, routing_key TEXT, fn TEXT, result TEXT,
-    tenant TEXT, ran_as TEXT
+    tenant TEXT, ran_as TEXT, header_keys TEXT, properties TEXT, exchange TEXT
 );
 CREATE TABLE IF NOT EXISTS events (kind TEXT, data TEXT, pid INTEGER);
 """
@@ -61,15 +61,17 @@ def event(kind: str, **data: object) -> None:
 
 
 @signals.before_task_publish.connect
-def track_published(sender=None, body=None, headers=None, routing_key=None, exchange=None, **kwargs):  # type: ignore[no-untyped-def]
+def track_published(sender=None, body=None, headers=None, routing_key=None, exchange=None, properties=None, **kwargs):  # type: ignore[no-untyped-def]
+    header_keys = json.dumps(sorted(headers))
     headers["tenant"] = "acme"  # a custom header, read back as request.tenant / request.headers
     args, kwargs_, embed = body
     with db() as conn:
         conn.execute(
             "INSERT OR REPLACE INTO task_records (id, name, status, root_id, parent_id, grp, grp_index, args, kwargs, embed,"
-            " routing_key) VALUES (?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?, ?)",
+            " routing_key, header_keys, properties, exchange) VALUES (?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (headers["id"], headers["task"], headers["root_id"], headers["parent_id"], headers["group"], headers["group_index"],
-             json.dumps(list(args)), json.dumps(kwargs_, sort_keys=True), json.dumps(sorted(embed)), routing_key),
+             json.dumps(list(args)), json.dumps(kwargs_, sort_keys=True), json.dumps(sorted(embed)), routing_key, header_keys,
+             json.dumps(sorted(properties)), exchange),
         )  # fmt: skip
 
 

@@ -151,6 +151,7 @@ def test_the_project_behaves_under_runner_as_under_celery(
     # after_task_publish, task_prerun (with sender.__name__), task_postrun and the tasks.
     theirs_rows, our_rows = celery["records"], ours["records"]
     chosen = {i for i in theirs_rows if not _is_uuid(i)}
+    assert len(chosen) >= 12, sorted(chosen)
     assert chosen <= set(our_rows), sorted(chosen - set(our_rows))
     for task_id in sorted(chosen):
         a, b = dict(theirs_rows[task_id]), dict(our_rows[task_id])
@@ -176,7 +177,7 @@ def test_the_project_behaves_under_runner_as_under_celery(
     def events(run: dict[str, Any], kind: str) -> list[Any]:
         return [e for k, e in run["events"] if k == kind]
 
-    assert events(ours, "retry") == [{**e, "when": float(e["when"])} for e in events(celery, "retry")]
+    assert events(ours, "retry") == events(celery, "retry") != []
     errbacks = {(e["task"], e["exc"].replace(celery["known_ids"]["chord_failure_body"], "")) for e in events(celery, "errback")}
     assert {(e["task"], e["exc"].replace(known["chord_failure_body"], "")) for e in events(ours, "errback")} == errbacks
     failed = {e["failed"] for e in events(ours, "errback")}
