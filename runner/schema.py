@@ -20,6 +20,7 @@ from typing import Final
 
 __all__ = [
     "BUCKETS",
+    "LIVE_STATES",
     "SCHEMA_VERSION",
     "STATS_SUMS",
     "Dialect",
@@ -34,6 +35,8 @@ __all__ = [
 SCHEMA_VERSION: Final = 3  # 3: runner_stats, runner_nodes, runner_jobs_ended
 
 STATES: Final = "'waiting', 'queued', 'running', 'succeeded', 'failed', 'cancelled', 'expired'"
+# A key is live -- no second job may take it -- while its job is in one of these states.
+LIVE_STATES: Final = "'waiting', 'queued', 'running'"
 
 
 @dataclass(frozen=True)
@@ -98,8 +101,9 @@ _INDEXES: Final = (
     # Lease renewal, the expired-lease sweep and a dead worker's rows: only running rows.
     "CREATE INDEX IF NOT EXISTS runner_jobs_running ON runner_jobs (lease_expires_at, lease_owner) WHERE state = 'running'",
     # Idempotency as a lock: at most one queued-or-running job per key.
+    # (A waiting workflow step holds its key too: releasing it must never meet a twin.)
     "CREATE UNIQUE INDEX IF NOT EXISTS runner_jobs_live_key ON runner_jobs (key)"
-    " WHERE key IS NOT NULL AND state IN ('queued', 'running')",
+    f" WHERE key IS NOT NULL AND state IN ({LIVE_STATES})",
     # Keys of finished jobs: the key_ttl retention window and lookups by a caller-chosen id.
     "CREATE INDEX IF NOT EXISTS runner_jobs_key ON runner_jobs (key, finished_at) WHERE key IS NOT NULL",
     # Children of a job (chains, workflows).

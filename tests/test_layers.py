@@ -94,11 +94,7 @@ def test_no_module_imports_one_that_imports_it_back() -> None:
     # A package's __init__ re-exporting its children is not a cycle of behaviour; exclude edges
     # from a package to its own submodules.
     pruned = {m: {t for t in ts if not t.startswith(m + ".")} for m, ts in graph.items()}
-    cycles = _cycles(pruned)
-    # The Celery shim's modules still import each other; the workflow rebuild of the shim
-    # untangles them, and removes this exception.
-    shim = [c for c in cycles if all(m.startswith("runner.compat.celery") for m in c)]
-    assert [c for c in cycles if c not in shim] == []
+    assert _cycles(pruned) == []
 
 
 def test_the_supervisor_owns_no_database_and_no_loop() -> None:

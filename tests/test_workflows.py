@@ -168,3 +168,20 @@ async def test_a_big_chord_releases_its_callback_exactly_once(url: str) -> None:
     assert await callback.wait_async(5) == sum(range(200))
     assert sql(url, "SELECT count(*) FROM ran_nodes WHERE name LIKE 'callback:%'") == [(1,)]
     assert sql(url, "SELECT name FROM ran_nodes WHERE name LIKE 'callback:%'") == [(f"callback:200:{sum(range(200))}",)]
+
+
+async def test_a_step_whose_key_is_held_is_the_job_that_holds_it(url: str) -> None:
+    """A waiting step holds its key like a queued job: a second workflow with the same keys gets
+    the first one's jobs, and finishing them never meets a twin (it used to fail the parent's
+    completion with a unique violation)."""
+    first = await chain(add.options(key="a").call(1, 2), double.options(key="b").call()).defer_async()
+    again = await chain(add.options(key="a").call(1, 2), double.options(key="b").call()).defer_async()
+    assert again.id == first.id
+    held = await double.options(key="k").defer_async(5)
+    after = await chain(add.call(1, 1), double.options(key="k").call()).defer_async()
+    assert after.id == held.id, "the job holding the key stands in for the step"
+    await drain(url)
+    assert await first.wait_async(5) == 6
+    assert await held.wait_async(5) == 10
+    assert sql(url, "SELECT state, count(*) FROM runner_jobs GROUP BY state") == [("succeeded", 4)]
+    assert sql(url, f"SELECT count(*) FROM runner_deps WHERE job_id = {held.id}") == [(0,)]

@@ -339,6 +339,8 @@ class PostgresDriver(SQLDriver):
             from .migrate_v1 import upgrade_postgres
 
             await upgrade_postgres(conn, constraints(DIALECT))
+        if 0 < before < 3:  # the live-key index now covers waiting steps too
+            await conn.execute(text("DROP INDEX IF EXISTS runner_jobs_live_key"))
         for statement in (
             job_table(DIALECT),
             *job_indexes(),

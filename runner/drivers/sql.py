@@ -29,7 +29,7 @@ from ..decide import GIVEN_BACK, Outcome
 from ..enqueue_batching import EnqueueBatcher
 from ..errors import EnqueueError, PayloadTooLarge, SchemaError
 from ..rows import CLAIM_COLUMNS, TEXT_COLUMNS, decode_row
-from ..schema import BUCKETS, SCHEMA_VERSION, STATS_SUMS
+from ..schema import BUCKETS, LIVE_STATES, SCHEMA_VERSION, STATS_SUMS
 from ..wire import MAX_DEPTH, PROTOCOL_VERSION, Attempt, BadRow, Envelope, State, check_depth, encode_json_bytes
 from .base import CancelResult, Driver, JobFilter, JobPage, JobRow, NodeRow, QueueCounts, StatsRow, WorkerRow
 
@@ -54,9 +54,9 @@ JOB_COLUMNS: Final = (
 
 _INSERT_ONE = text(
     f"INSERT INTO runner_jobs ({_COLS}) VALUES ({_VALUES})"
-    " ON CONFLICT (key) WHERE key IS NOT NULL AND state IN ('queued', 'running') DO NOTHING RETURNING id"
+    f" ON CONFLICT (key) WHERE key IS NOT NULL AND state IN ({LIVE_STATES}) DO NOTHING RETURNING id"
 )
-_LIVE_BY_KEY = text("SELECT id FROM runner_jobs WHERE key = :key AND state IN ('queued', 'running')")
+_LIVE_BY_KEY = text(f"SELECT id FROM runner_jobs WHERE key = :key AND state IN ({LIVE_STATES})")
 _RECENT_BY_KEY = text(
     "SELECT id FROM runner_jobs WHERE key = :key AND finished_at >= :since AND state = 'succeeded'"
     " ORDER BY finished_at DESC LIMIT 1"
@@ -295,20 +295,25 @@ class SQLDriver(Driver):
         return found
 
     async def _insert_one(self, conn: AsyncConnection, row: dict[str, Any]) -> int:
+        return (await self._insert_keyed(conn, row))[0]
+
+    async def _insert_keyed(self, conn: AsyncConnection, row: dict[str, Any]) -> tuple[int, bool]:
+        """(id, whether this call inserted it): a live key -- or, with key_ttl, a recent success
+        -- hands back the job that holds it instead."""
         since = row.pop("key_since", None)
         if since is not None and row["key"] is not None:
             recent = (await conn.execute(_RECENT_BY_KEY, {"key": row["key"], "since": since})).scalar()
             if recent is not None:
-                return int(recent)
+                return int(recent), False
         for _ in range(5):
             new_id = (await conn.execute(_INSERT_ONE, row)).scalar()
             if new_id is not None:
-                return int(new_id)
+                return int(new_id), True
             # The key is live: hand back that job. It may finish between the two statements,
             # in which case the next INSERT succeeds.
             existing = (await conn.execute(_LIVE_BY_KEY, {"key": row["key"]})).scalar()
             if existing is not None:
-                return int(existing)
+                return int(existing), False
         raise EnqueueError(f"could not enqueue job with key {row['key']!r}: the key kept changing state; try again")
 
     # -- claim support ----------------------------------------------------------------------------
@@ -433,6 +438,10 @@ class SQLDriver(Driver):
         for i, new_id in zip(plain, await self._allocate_ids(conn, len(plain))):
             ids[i] = new_id
         roots: list[int | None] = [None] * len(rows)
+        # Steps whose key is held by a job that already exists: that job stands in for them.
+        # It gets no edges (its own parents, if any, are its own), and it is marked as a parent
+        # like one outside the batch, so what waits on it here is released when it ends.
+        standing_in: set[int] = set()
         for i, (env, row) in enumerate(zip(envelopes, rows)):
             parents = [ids[p] for p in env.after_batch] + list(env.after)
             if parents:
@@ -447,18 +456,24 @@ class SQLDriver(Driver):
             roots[i] = row["root_id"] or ids[i] or None
             row["has_dependants"] = 1 if i in parents_in_batch else 0
             if row["key"] is not None:
-                ids[i] = await self._insert_one(conn, row)
+                ids[i], inserted = await self._insert_keyed(conn, row)
                 roots[i] = roots[i] or ids[i]
+                if not inserted:
+                    standing_in.add(i)
         if plain:
             await self._insert_many(conn, [{**_without_key_since(rows[i]), "id": ids[i]} for i in plain])
         edges = [
             {"parent_id": parent, "job_id": ids[i], "position": n}
-            for i, env in enumerate(envelopes)
+            for i, env in enumerate(envelopes) if i not in standing_in
             for n, parent in enumerate([ids[p] for p in env.after_batch] + list(env.after))
         ]  # fmt: skip
         if edges:
             await conn.execute(_INSERT_EDGE, edges)
-        external = sorted({p for env in envelopes for p in env.after})
+        # Parents that were not inserted here: outside the batch, or standing in for a step.
+        external = sorted(
+            {p for i, env in enumerate(envelopes) if i not in standing_in for p in env.after}
+            | {ids[i] for i in standing_in if i in parents_in_batch}
+        )
         if external:
             marked = {
                 int(i): str(state)
@@ -469,7 +484,10 @@ class SQLDriver(Driver):
                 raise EnqueueError(f"depends_on: job {missing[0]} does not exist (accepted: ids of jobs in this queue)")
             ended = {p: state for p, state in marked.items() if state in State.FINAL}
             if ended:
-                mine = [ids[i] for i, env in enumerate(envelopes) if set(env.after) & set(ended)]
+                mine = [
+                    ids[i] for i, env in enumerate(envelopes)
+                    if i not in standing_in and (set(env.after) | {ids[p] for p in env.after_batch}) & set(ended)
+                ]  # fmt: skip
                 await self._release(conn, ended, now, only=mine)
         return ids
 

@@ -243,6 +243,8 @@ class SQLiteDriver(SQLDriver):
             from .migrate_v1 import upgrade_sqlite
 
             await upgrade_sqlite(conn, job_table(DIALECT, "runner_jobs_v2"))
+        if 0 < before < 3:  # the live-key index now covers waiting steps too
+            await conn.execute(text("DROP INDEX IF EXISTS runner_jobs_live_key"))
         for statement in (job_table(DIALECT), *job_indexes(), *side_tables(DIALECT), _RATE_TRIGGER):
             await conn.execute(text(statement))
         if before == 1:

@@ -230,9 +230,9 @@ def test_a_per_call_time_limit_becomes_the_rows_hard_limit(tmp_path: Any) -> Non
     try:
         per_call = add.apply_async((1, 2), time_limit=2.5, soft_time_limit=1)
         default = add.delay(1, 2)
-        limits = dict(sql(url, "SELECT id, hard_timeout FROM runner_jobs"))
+        limits = dict(sql(url, "SELECT key, hard_timeout FROM runner_jobs"))
     finally:
         app.close()
-    assert limits[int(per_call.id)] == 2.5, "a per-call limit has its own column"
-    assert limits[int(default.id)] is None
+    assert limits[per_call.id] == 2.5, "a per-call limit has its own column"
+    assert limits[default.id] is None
     assert app.runner_app.get(add.name).hard_timeout == 10  # the task's own limit stays the default

@@ -1,70 +1,70 @@
-"""Signatures and workflows: ``signature``/``s``/``si``, ``chain`` (``|``), ``group``, ``chord``.
+"""Celery's canvas: ``signature``/``s``/``si``, ``chain`` (``|``), ``group``, ``chord``, ``chunks``,
+``xmap``/``xstarmap`` (``task.map``/``task.starmap``), as Celery builds them.
 
-Built on runner's chaining: a job's ``on_success`` callbacks are child jobs inserted in the
-same transaction as the parent's completion, with the parent's result prepended to their
-arguments (unless immutable); ``on_failure`` does the same for errbacks. So
-``chain(a.s(1), b.s(), c.s())`` enqueues ``a`` carrying the specs of ``b`` and ``c``; the result
-handed back names ``c`` by a path (``"<a's id>/<b's canvas id>/<c's canvas id>"``, see result.py).
+These are data, as in Celery: a signature is a dict (``task``, ``args``, ``kwargs``, ``options``,
+``subtask_type``, ``immutable``) that survives JSON, so a canvas can be passed to a task and
+rebuilt there with ``signature(d)``. Sending one (``apply_async``, ``delay``, calling a chain or
+a group) hands the whole canvas to its app, which enqueues it as one native runner workflow in
+one transaction (``workflow.py``); ``apply()`` and ``task_always_eager`` run it here, now.
 
-A chord enqueues its header tasks and one internal ``celery.chord_unlock`` job (what Celery
-does for backends without native chord support): it polls the header rows, and when all
-succeeded returns their results in order, which chains the body with that list as its first
-argument. If a header task fails, the body is not run: it is recorded as failed with
-``ChordError`` (and its ``link_error`` errbacks run).
+``task_id=`` is honoured everywhere: on a signature (``.set(task_id=...)``, ``signature(...,
+task_id=...)``, ``freeze()``) it is the task's id; on a group it is the group's id; on a chain it
+is the id of its last task; on a chord, of its body.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterable
+import copy
+import itertools
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ...app import Context as RunnerContext
-from ...errors import Retry as RunnerRetry
-from ...wire import ChildSpec, decode_json
-from .exceptions import ChordError
+from . import _state
+from .exceptions import NotRegistered
+from .result import AsyncResult, GroupResult
+from .utils import uuid
 
-__all__ = ["Signature", "callback_specs", "chain", "child_specs", "chord", "group", "maybe_signature", "signature"]
-
-CHORD_UNLOCK = "celery.chord_unlock"
-
-
-class _Spec(dict):
-    """A child-job spec (not a Signature): name, args, kwargs, queue, priority, immutable, and a
-    meta whose ``on_success``/``on_failure`` hold its own children; ``child_specs`` turns it into
-    runner's typed ``ChildSpec``."""
-
-
-def child_specs(specs: list[Any]) -> tuple[ChildSpec, ...]:
-    """Shim specs as runner's typed chained jobs (their children nested the same way)."""
-    out = []
-    for spec in specs:
-        meta = dict(spec.get("meta") or {})
-        on_success, on_failure = meta.pop("on_success", None) or [], meta.pop("on_failure", None) or []
-        out.append(
-            ChildSpec(
-                name=spec["name"],
-                args=list(spec.get("args") or []),
-                kwargs=dict(spec.get("kwargs") or {}),
-                queue=spec.get("queue"),
-                priority=int(spec.get("priority") or 0),
-                immutable=bool(spec.get("immutable")),
-                meta=meta or None,
-                on_success=child_specs(on_success),
-                on_failure=child_specs(on_failure),
-            )  # fmt: skip
-        )
-    return tuple(out)
+__all__ = [
+    "Signature",
+    "chain",
+    "chord",
+    "chunks",
+    "group",
+    "maybe_signature",
+    "signature",
+    "subtask",
+    "xmap",
+    "xstarmap",
+]
 
 
-def _current_app() -> Any:
-    from .app.base import get_current_app
-
-    return get_current_app()
+def _repr_call(name: str, args: Any, kwargs: Any) -> str:
+    parts = [*(repr(a) for a in args or ()), *(f"{k}={v!r}" for k, v in (kwargs or {}).items())]
+    return f"{name}({', '.join(parts)})"
 
 
 class Signature(dict):
     """A task with (partial) arguments and options: ``add.s(2)``, ``signature("proj.add", (2,))``."""
+
+    TYPES: dict[str, type[Signature]] = {}
+
+    @classmethod
+    def register_type(cls, name: str | None = None) -> Any:
+        def register(subclass: type[Signature]) -> type[Signature]:
+            cls.TYPES[name or subclass.__name__] = subclass
+            return subclass
+
+        return register
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], app: Any = None) -> Signature:
+        kind = d.get("subtask_type")
+        if kind:
+            target = cls.TYPES.get(kind)
+            if target is None:
+                raise ValueError(f"signature of unknown subtask_type {kind!r}; known: {', '.join(sorted(cls.TYPES))}")
+            return target.from_dict(d, app=app)
+        return Signature(d, app=app)
 
     def __init__(
         self,
@@ -79,8 +79,9 @@ class Signature(dict):
         **ex: Any,
     ) -> None:
         if isinstance(task, dict) and not isinstance(task, Signature):  # from a dict, as Celery's
-            ex = {**task.get("options", {}), **ex}
-            args, kwargs, immutable = task.get("args"), task.get("kwargs"), task.get("immutable", False)
+            ex = {**(task.get("options") or {}), **ex}
+            args, kwargs = task.get("args"), task.get("kwargs")
+            immutable, subtask_type = task.get("immutable", False), task.get("subtask_type")
             task = task["task"]
         name = task if isinstance(task, str) or task is None else task.name
         super().__init__(
@@ -91,24 +92,42 @@ class Signature(dict):
             subtask_type=subtask_type,
             immutable=immutable,
         )
-        self._type = None if isinstance(task, str) or task is None else task
+        self._type = type if type is not None else (None if isinstance(task, str) or task is None else task)
         self._app = app or getattr(task, "app", None)
+
+    # -- fields -----------------------------------------------------------------------------------
 
     @property
     def task(self) -> str:
         return self["task"]
 
     @property
+    def name(self) -> str:
+        return self["task"]
+
+    @property
     def args(self) -> tuple[Any, ...]:
-        return self["args"]
+        return tuple(self["args"])
+
+    @args.setter
+    def args(self, value: Any) -> None:
+        self["args"] = tuple(value or ())
 
     @property
     def kwargs(self) -> dict[str, Any]:
         return self["kwargs"]
 
+    @kwargs.setter
+    def kwargs(self, value: Any) -> None:
+        self["kwargs"] = dict(value or {})
+
     @property
     def options(self) -> dict[str, Any]:
         return self["options"]
+
+    @options.setter
+    def options(self, value: Any) -> None:
+        self["options"] = dict(value or {})
 
     @property
     def immutable(self) -> bool:
@@ -119,8 +138,17 @@ class Signature(dict):
         return self["subtask_type"]
 
     @property
+    def id(self) -> str | None:
+        """The task id given (``task_id=``) or assigned (``freeze()``); None until then."""
+        return self.options.get("task_id")
+
+    @id.setter
+    def id(self, value: str | None) -> None:
+        self.options["task_id"] = value
+
+    @property
     def app(self) -> Any:
-        return self._app or _current_app()
+        return self._app or _state.get_current_app()
 
     @property
     def type(self) -> Any:
@@ -131,11 +159,11 @@ class Signature(dict):
                 app.finalize()
                 task = app.tasks.get(self.task)
             if task is None:
-                from .exceptions import NotRegistered
-
                 raise NotRegistered(self.task)
             self._type = task
         return self._type
+
+    # -- building -----------------------------------------------------------------------------
 
     def _merge(
         self, args: Any = None, kwargs: Any = None, options: Any = None
@@ -147,15 +175,11 @@ class Signature(dict):
 
     def clone(self, args: Any = None, kwargs: Any = None, **opts: Any) -> Signature:
         args, kwargs, options = self._merge(args, kwargs, opts)
-        return Signature(
-            self._type or self.task,
-            args,
-            kwargs,
-            options,
-            subtask_type=self.subtask_type,
-            immutable=self.immutable,
-            app=self._app,
-        )
+        made = type(self).__new__(type(self))
+        dict.__init__(made, self)
+        made.__dict__.update(self.__dict__)
+        made["args"], made["kwargs"], made["options"] = args, kwargs, copy.deepcopy(options)
+        return made
 
     partial = clone
 
@@ -169,12 +193,33 @@ class Signature(dict):
         self["immutable"] = immutable
 
     def link(self, callback: Any) -> Any:
+        """Run ``callback`` with this task's result when it succeeds; returns ``callback``."""
         self.options.setdefault("link", []).append(callback)
         return callback
 
     def link_error(self, errback: Any) -> Any:
+        """Run ``errback`` when this task fails for good; returns ``errback``."""
         self.options.setdefault("link_error", []).append(errback)
         return errback
+
+    def on_error(self, errback: Any) -> Signature:
+        """``link_error`` that returns this signature, for chaining."""
+        self.link_error(errback)
+        return self
+
+    def freeze(self, _id: str | None = None, group_id: str | None = None, chord: Any = None, root_id: str | None = None,
+               parent_id: str | None = None, group_index: int | None = None) -> Any:  # fmt: skip
+        """Give this signature its task id now (``_id``, the one it has, or a new one) and return
+        the result it will have."""
+        task_id = _id or self.options.get("task_id") or uuid()
+        self.options["task_id"] = task_id
+        if group_id:
+            self.options["group_id"] = group_id
+        if group_index is not None:
+            self.options["group_index"] = group_index
+        return AsyncResult(task_id, app=self._app, task_name=self.task)
+
+    # -- sending --------------------------------------------------------------------------------
 
     def apply_async(self, args: Any = None, kwargs: Any = None, route_name: Any = None, **options: Any) -> Any:
         args, kwargs, options = self._merge(args, kwargs, options)
@@ -199,141 +244,194 @@ class Signature(dict):
         return NotImplemented
 
     def __repr__(self) -> str:
-        args = ", ".join([*(repr(a) for a in self.args), *(f"{k}={v!r}" for k, v in self.kwargs.items())])
-        return f"{self.task}({args}){'!' if self.immutable else ''}"
+        return _repr_call(self.task, self.args, self.kwargs)
 
     def __deepcopy__(self, memo: Any) -> Signature:
         return self.clone()
 
+    def __reduce__(self) -> Any:
+        return signature, (dict(self),)
 
-def signature(varies: Any, *args: Any, **kwargs: Any) -> Signature:
-    if isinstance(varies, Signature) and not args and not kwargs.get("args"):
-        return varies.clone()
-    if isinstance(varies, dict) and not isinstance(varies, Signature):
-        return Signature(varies, app=kwargs.get("app"))
-    return Signature(varies, *args, **kwargs)
-
-
-subtask = signature
-
-
-def maybe_signature(d: Any, app: Any = None) -> Any:
-    if d is None or isinstance(d, Signature):
-        return d
-    return signature(d, app=app)
-
-
-def _tasks(tasks: tuple[Any, ...]) -> list[Any]:
-    if len(tasks) == 1 and not isinstance(tasks[0], Signature) and isinstance(tasks[0], Iterable):
-        return list(tasks[0])
-    return list(tasks)
+    def __json__(self) -> dict[str, Any]:
+        return dict(self)
 
 
 class chain(Signature):
-    """``chain(a.s(), b.s(), c.s())`` or ``a.s() | b.s() | c.s()``: each result feeds the next."""
+    """``chain(a.s(), b.s(), c.s())`` or ``a.s() | b.s() | c.s()``: each result feeds the next.
+    A group followed by another step is a chord (as Celery upgrades it)."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], app: Any = None) -> Signature:
+        tasks = [maybe_signature(t, app=app) for t in (d.get("kwargs") or {}).get("tasks") or ()]
+        return chain(*tasks, app=app, **(d.get("options") or {}))
 
     def __init__(self, *tasks: Any, app: Any = None, **options: Any) -> None:
         flat: list[Any] = []
-        for task in _tasks(tasks):
-            flat.extend(task.tasks if isinstance(task, chain) else [task])
-        super().__init__("celery.chain", (), {}, options, subtask_type="chain", app=app)
-        self.tasks: list[Any] = flat
+        for task in _unpack(tasks):
+            task = maybe_signature(task, app=app)
+            flat.extend(task.tasks if isinstance(task, chain) and not task.options else [task])
+        super().__init__("celery.chain", (), {"tasks": flat}, options, subtask_type="chain", app=app)
 
-    def __or__(self, other: Any) -> Any:
-        if isinstance(other, chain):
-            return chain(*self.tasks, *other.tasks, app=self._app)
-        if isinstance(other, Signature):
-            return chain(*self.tasks, other, app=self._app)
-        return NotImplemented
+    @property
+    def tasks(self) -> list[Any]:
+        return self["kwargs"]["tasks"]
 
     @property
     def app(self) -> Any:
-        return self._app or (self.tasks[0].app if self.tasks else _current_app())
+        return self._app or (self.tasks[0].app if self.tasks else _state.get_current_app())
+
+    def __or__(self, other: Any) -> Any:
+        if isinstance(other, chain) and not other.options:
+            return chain(*self.tasks, *other.tasks, app=self._app, **self.options)
+        if isinstance(other, Signature):
+            return chain(*self.tasks, other, app=self._app, **self.options)
+        return NotImplemented
 
     def clone(self, args: Any = None, kwargs: Any = None, **opts: Any) -> chain:
-        tasks = list(self.tasks)
+        tasks = [t.clone() for t in self.tasks]
         if tasks and (args or kwargs):
             tasks[0] = tasks[0].clone(args, kwargs)
-        return chain(*tasks, app=self._app, **{**self.options, **opts})
+        return chain(*tasks, app=self._app, **copy.deepcopy({**self.options, **opts}))
+
+    def freeze(self, _id: str | None = None, group_id: str | None = None, chord: Any = None, root_id: str | None = None,
+               parent_id: str | None = None, group_index: int | None = None) -> Any:  # fmt: skip
+        """Give every task its id now; returns the last one's result (``.parent`` the one before)."""
+        result: Any = None
+        for index, task in enumerate(self.tasks):
+            last = index == len(self.tasks) - 1
+            frozen = task.freeze(_id or self.options.get("task_id")) if last else task.freeze()
+            if result is not None and frozen is not None:
+                _set_parent(frozen, result)
+            result = frozen
+        return result
 
     def apply_async(self, args: Any = None, kwargs: Any = None, route_name: Any = None, **options: Any) -> Any:
         app = self.app
         if app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
-        return _submit(app, _normalize([self.clone(args, kwargs)]), {**self.options, **options})
+        return app.send_canvas(self.clone(args, kwargs), options)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.apply_async(args, kwargs)
 
     def apply(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         result: Any = None
-        for index, step in enumerate(_normalize([self])):
+        for index, step in enumerate(self.tasks):
             if index == 0:
                 result = step.apply(args, kwargs, **options)
             else:
-                result = step.apply((result.get(),), **options)
+                result = step.apply((result.get(),))
         return result
 
     def __repr__(self) -> str:
-        return " | ".join(repr(t) for t in self.tasks)
+        return " | ".join(repr(t) for t in self.tasks) if self.tasks else "chain()"
+
+
+Signature.register_type("chain")(chain)
 
 
 class group(Signature):
-    """``group(a.s(1), a.s(2))`` or ``group(a.s(i) for i in ...)``: run in parallel."""
+    """``group(a.s(1), a.s(2))`` or ``group(a.s(i) for i in ...)``: run in parallel. A group
+    inside a group is flattened into it, as Celery does."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], app: Any = None) -> Signature:
+        tasks = [maybe_signature(t, app=app) for t in (d.get("kwargs") or {}).get("tasks") or ()]
+        return group(*tasks, app=app, **(d.get("options") or {}))
 
     def __init__(self, *tasks: Any, app: Any = None, **options: Any) -> None:
-        super().__init__("celery.group", (), {}, options, subtask_type="group", app=app)
-        self.tasks = [maybe_signature(t, app=app) for t in _tasks(tasks)]
+        members = [maybe_signature(t, app=app) for t in _unpack(tasks)]
+        super().__init__("celery.group", (), {"tasks": members}, options, subtask_type="group", app=app)
+
+    @property
+    def tasks(self) -> list[Any]:
+        return self["kwargs"]["tasks"]
 
     @property
     def app(self) -> Any:
-        return self._app or (self.tasks[0].app if self.tasks else _current_app())
+        return self._app or (self.tasks[0].app if self.tasks else _state.get_current_app())
 
     def __or__(self, other: Any) -> Any:
-        if isinstance(other, Signature) and not isinstance(other, group):
+        if isinstance(other, Signature):  # group | task and group | group: a chord
             return chord(self, body=other, app=self._app)
-        return chain(self, other, app=self._app)
+        return NotImplemented
 
     def clone(self, args: Any = None, kwargs: Any = None, **opts: Any) -> group:
-        return group(*[t.clone(args, kwargs) for t in self.tasks], app=self._app, **{**self.options, **opts})
+        return group(*[t.clone(args, kwargs) for t in self.tasks], app=self._app, **copy.deepcopy({**self.options, **opts}))
+
+    def freeze(self, _id: str | None = None, group_id: str | None = None, chord: Any = None, root_id: str | None = None,
+               parent_id: str | None = None, group_index: int | None = None) -> Any:  # fmt: skip
+        gid = _id or group_id or self.options.get("task_id") or uuid()
+        self.options["task_id"] = gid
+        results = [t.freeze(group_id=gid, group_index=i) for i, t in enumerate(self.tasks)]
+        return GroupResult(gid, results, app=self._app)
 
     def apply_async(self, args: Any = None, kwargs: Any = None, route_name: Any = None, **options: Any) -> Any:
         app = self.app
         if app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
-        return _submit(app, [self.clone(args, kwargs)], {**self.options, **options})
+        if options.get("link") is not None:
+            raise TypeError("Cannot add link to group: use a chord")
+        return app.send_canvas(self.clone(args, kwargs), options)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.apply_async(args, kwargs)
+    def __call__(self, *partial_args: Any, **options: Any) -> Any:
+        return self.apply_async(partial_args, **options)
 
     def apply(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
-        from .result import GroupResult
-
-        return GroupResult(str(uuid.uuid4()), [t.clone(args, kwargs).apply(**options) for t in self.tasks], app=self.app)
+        gid = options.pop("task_id", None) or self.options.get("task_id") or uuid()
+        results: list[Any] = []
+        for member in self.tasks:
+            made = member.clone(args, kwargs).apply(**options)
+            results.extend(made.results if isinstance(member, group) else [made])
+        return GroupResult(gid, results, app=self.app)
 
     def __len__(self) -> int:
         return len(self.tasks)
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Any]:  # Celery iterates a group's tasks
         return iter(self.tasks)
 
     def __repr__(self) -> str:
         return f"group([{', '.join(repr(t) for t in self.tasks)}])"
 
 
+Signature.register_type("group")(group)
+
+
 class chord(Signature):
-    """``chord(header, body)`` / ``chord(header)(body)``: ``body(list of header results)``."""
+    """``chord(header, body)`` / ``chord(header)(body)``: ``body(list of header results)``. If a
+    header task fails, the body does not run: it fails with ``ChordError`` and its errbacks run."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], app: Any = None) -> Signature:
+        kwargs = d.get("kwargs") or {}
+        header = maybe_signature(kwargs.get("header"), app=app)
+        body = maybe_signature(kwargs.get("body"), app=app)
+        return chord(header, body, app=app, **(d.get("options") or {}))
 
     def __init__(
-        self, header: Any, body: Any = None, args: Any = None, kwargs: Any = None, app: Any = None, **options: Any
-    ) -> None:
-        super().__init__("celery.chord", args, kwargs, options, subtask_type="chord", app=app)
-        self.header = (
-            header
-            if isinstance(header, group)
-            else group(*_tasks((header,)) if not isinstance(header, Signature) else [header], app=app)
-        )
-        self.body = body
+        self, header: Any, body: Any = None, task_id: str | None = None, args: Any = None, kwargs: Any = None,
+        app: Any = None, **options: Any,
+    ) -> None:  # fmt: skip
+        if task_id is not None:
+            options["task_id"] = task_id
+        header = maybe_signature(header, app=app)
+        if not isinstance(header, group):
+            header = group(*(_unpack((header,)) if not isinstance(header, Signature) else [header]), app=app)
+        super().__init__("celery.chord", args, {"header": header, "body": maybe_signature(body, app=app)}, options,
+                         subtask_type="chord", app=app)  # fmt: skip
+
+    @property
+    def header(self) -> group:
+        return self["kwargs"]["header"]
+
+    @property
+    def body(self) -> Any:
+        return self["kwargs"]["body"]
+
+    @body.setter
+    def body(self, value: Any) -> None:
+        self["kwargs"]["body"] = maybe_signature(value, app=self._app)
 
     @property
     def tasks(self) -> list[Any]:
@@ -344,232 +442,182 @@ class chord(Signature):
         return self._app or self.header.app
 
     def __or__(self, other: Any) -> Any:
-        return chain(self, other, app=self._app)
+        if isinstance(other, Signature):
+            return chain(self, other, app=self._app)
+        return NotImplemented
 
     def clone(self, args: Any = None, kwargs: Any = None, **opts: Any) -> chord:
-        return chord(self.header.clone(args, kwargs), self.body, app=self._app, **{**self.options, **opts})
+        body = self.body.clone() if self.body is not None else None
+        return chord(self.header.clone(args, kwargs), body, app=self._app, **copy.deepcopy({**self.options, **opts}))
+
+    def link(self, callback: Any) -> Any:
+        return self.body.link(callback)
+
+    def link_error(self, errback: Any) -> Any:
+        return self.body.link_error(errback)
+
+    def freeze(self, _id: str | None = None, group_id: str | None = None, chord: Any = None, root_id: str | None = None,
+               parent_id: str | None = None, group_index: int | None = None) -> Any:  # fmt: skip
+        header = self.header.freeze(self.header.options.get("task_id") or self.options.get("task_id"))
+        result = self.body.freeze(_id or self.options.get("task_id"))
+        _set_parent(result, header)
+        return result
 
     def __call__(self, body: Any = None, **options: Any) -> Any:
-        if body is not None:
-            self.body = body
-        return self.apply_async(**options)
+        return self.apply_async(body=body, **options)
 
     def apply_async(self, args: Any = None, kwargs: Any = None, route_name: Any = None, body: Any = None, **options: Any) -> Any:
+        made = self.clone(args, kwargs)
         if body is not None:
-            self.body = body
-        if self.body is None:
+            made.body = body
+        if made.body is None:
             raise ValueError("a chord needs a body: chord(header, body) or chord(header)(body)")
         app = self.app
         if app.conf.task_always_eager:
-            return self.apply(args, kwargs, **options)
-        return _submit(app, [self.clone(args, kwargs)], {**self.options, **options})
+            return made.apply(**options)
+        return app.send_canvas(made, options)
 
     def apply(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
-        values = self.header.apply(args, kwargs, **options).get()
-        return self.body.clone((values,)).apply(**options)
+        header = self.header.apply(args, kwargs, **options)
+        return self.body.clone((header.get(),)).apply()
 
     def __repr__(self) -> str:
         return f"chord({self.header!r}, {self.body!r})"
 
 
-# -- turning workflows into jobs --------------------------------------------------------------------
+Signature.register_type("chord")(chord)
 
 
-def _normalize(steps: list[Any]) -> list[Any]:
-    """Flatten chains; a group followed by another step becomes a chord (as in Celery)."""
-    flat: list[Any] = []
-    for step in steps:
-        flat.extend(_normalize(step.tasks) if isinstance(step, chain) else [step])
-    out: list[Any] = []
-    index = 0
-    while index < len(flat):
-        step = flat[index]
-        if isinstance(step, group) and index + 1 < len(flat):
-            body = flat[index + 1]
-            if isinstance(body, (group, chord)):
-                raise NotImplementedError("a group followed by a group or chord in a chain is not supported by the runner shim")
-            out.append(chord(step, body, app=step._app))
-            index += 2
-            continue
-        out.append(step)
-        index += 1
-    return out
+class _basemap(Signature):
+    """``task.map(it)`` / ``task.starmap(it)``: one task that calls ``task`` for each item, in the
+    worker, and returns the list of results (Celery's ``celery.map`` / ``celery.starmap``)."""
+
+    _task_name = "celery.map"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], app: Any = None) -> Signature:
+        kwargs = d.get("kwargs") or {}
+        return cls(kwargs["task"], kwargs.get("it") or [], app=app, **(d.get("options") or {}))
+
+    def __init__(self, task: Any, it: Iterable[Any], app: Any = None, **options: Any) -> None:
+        task = maybe_signature(task, app=app)
+        super().__init__(self._task_name, (), {"task": task, "it": list(it)}, options, immutable=True,
+                         subtask_type=self._subtask_type, app=app or getattr(task, "_app", None))  # fmt: skip
+
+    _subtask_type = "xmap"
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, route_name: Any = None, **options: Any) -> Any:
+        task, it = self.kwargs["task"], self.kwargs["it"]
+        return self.type.apply_async((), {"task": dict(task), "it": list(it)}, **{**self.options, **options})
+
+    def apply(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        task, it = self.kwargs["task"], self.kwargs["it"]
+        return self.type.apply((), {"task": dict(task), "it": list(it)}, **{**self.options, **options})
+
+    def __repr__(self) -> str:
+        return f"[{self.kwargs['task'].task}(x) for x in {repr(self.kwargs['it'])[:100]}]"
 
 
-def _prefix(uid: str, template: Any) -> Any:
-    if template[0] == "one":
-        return ("one", [uid, *template[1]])
-    return ("group", template[1], [_prefix(uid, t) for t in template[2]])
+@Signature.register_type("xmap")
+class xmap(_basemap):
+    _task_name = "celery.map"
+    _subtask_type = "xmap"
 
 
-def _materialize(app: Any, template: Any, anchor: str, parent: Any = None) -> Any:
-    from .result import AsyncResult, GroupResult
+@Signature.register_type("xstarmap")
+class xstarmap(_basemap):
+    _task_name = "celery.starmap"
+    _subtask_type = "xstarmap"
 
-    if template[0] == "one":
-        return AsyncResult("/".join([anchor, *template[1]]), app=app, parent=parent)
-    return GroupResult(template[1], [_materialize(app, t, anchor, parent) for t in template[2]], app=app)
-
-
-def _task_spec(app: Any, sig: Signature, uid: str, on_success: list[Any], errbacks: list[Any]) -> _Spec:
-    task = sig.type
-    job = app.job_for(task)
-    options = sig.options
-    celery_meta: dict[str, Any] = {"uid": uid}
-    for key in ("soft_time_limit", "time_limit", "ignore_result", "headers"):
-        if options.get(key) is not None:
-            celery_meta[key] = options[key]
-    meta: dict[str, Any] = {"celery": celery_meta}
-    success = [*on_success, *callback_specs(app, options.get("link"), errback=False)]
-    failure = [*errbacks, *callback_specs(app, options.get("link_error"), errback=True)]
-    if success:
-        meta["on_success"] = success
-    if failure:
-        meta["on_failure"] = failure
-    queue = options.get("queue") or app._route(task.name, sig.args, sig.kwargs, options, task).get("queue") or job.queue
-    priority = options.get("priority")
-    return _Spec(
-        name=task.name, args=list(sig.args), kwargs=dict(sig.kwargs), queue=queue,
-        priority=int(job.priority if priority is None else priority), immutable=sig.immutable, meta=meta,
-    )  # fmt: skip
+    def __repr__(self) -> str:
+        return f"[{self.kwargs['task'].task}(*x) for x in {repr(self.kwargs['it'])[:100]}]"
 
 
-def _specs(app: Any, steps: list[Any], errbacks: list[Any]) -> tuple[list[Any], Any]:
-    """Child specs running ``steps`` after some parent job, and the template of the result."""
-    first, rest = steps[0], steps[1:]
-    if isinstance(first, group):
-        specs, templates = [], []
-        for member in first.tasks:
-            member_specs, template = _specs(app, _normalize([member]), errbacks)
-            specs += member_specs
-            templates.append(template)
-        return specs, ("group", str(uuid.uuid4()), templates)
-    if isinstance(first, chord):
-        header_specs, refs = [], []
-        for member in first.header.tasks:
-            member_specs, template = _specs(app, _normalize([member]), errbacks)
-            if template[0] != "one":
-                raise NotImplementedError("a group inside a chord's header is not supported by the runner shim")
-            header_specs += member_specs
-            refs.append(template[1])
-        body_specs, body_template = _specs(app, _normalize([first.body, *rest]), errbacks)
-        unlock_uid = str(uuid.uuid4())
-        return [*header_specs, _unlock_spec(app, refs, body_specs, unlock_uid, immutable=True)], _prefix(
-            unlock_uid, body_template
-        )
-    uid = str(uuid.uuid4())
-    rest_specs, rest_template = _specs(app, rest, errbacks) if rest else ([], None)
-    spec = _task_spec(app, first, uid, rest_specs, errbacks)
-    return [spec], (_prefix(uid, rest_template) if rest else ("one", [uid]))
+@Signature.register_type("chunks")
+class chunks(Signature):
+    """``task.chunks(it, n)``: the items of ``it`` in chunks of ``n``, one ``starmap`` task per
+    chunk, run as a group (its result: one list of results per chunk)."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], app: Any = None) -> Signature:
+        kwargs = d.get("kwargs") or {}
+        return chunks(kwargs["task"], kwargs.get("it") or [], kwargs["n"], app=app, **(d.get("options") or {}))
+
+    def __init__(self, task: Any, it: Iterable[Any], n: int, app: Any = None, **options: Any) -> None:
+        task = maybe_signature(task, app=app)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"chunks(n={n!r}): accepted: an int of at least 1")
+        super().__init__("celery.chunks", (), {"task": task, "it": list(it), "n": n}, options, immutable=True,
+                         subtask_type="chunks", app=app or getattr(task, "_app", None))  # fmt: skip
+
+    def group(self) -> group:
+        task, it, n = self.kwargs["task"], self.kwargs["it"], self.kwargs["n"]
+        parts = [list(p) for p in _split(it, n)]
+        return group((xstarmap(task, part, app=self._app) for part in parts), app=self._app, **self.options)
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, route_name: Any = None, **options: Any) -> Any:
+        return self.group().apply_async((), **options)
+
+    def __call__(self, **options: Any) -> Any:
+        return self.apply_async(**options)
+
+    def apply(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        return self.group().apply(**options)
+
+    def __repr__(self) -> str:
+        return f"{self.kwargs['task'].task}.chunks({len(self.kwargs['it'])}, {self.kwargs['n']})"
 
 
-def _failure_variant(spec: dict[str, Any]) -> _Spec:
-    """The body spec as an on_failure child of the unlock job: never run, fails with ChordError."""
-    meta = dict(spec.get("meta") or {})
-    meta.pop("on_success", None)
-    meta["celery"] = {**meta.get("celery", {}), "chord_error": True}
-    return _Spec({**spec, "immutable": True, "meta": meta})
+def _split(it: list[Any], n: int) -> Iterator[list[Any]]:
+    items = iter(it)
+    while part := list(itertools.islice(items, n)):
+        yield part
 
 
-def _unlock_spec(app: Any, refs: list[Any], body_specs: list[Any], uid: str, *, immutable: bool) -> _Spec:
-    return _Spec(
-        name=CHORD_UNLOCK, args=[refs], kwargs={}, queue=app.conf.task_default_queue, priority=0, immutable=immutable,
-        meta={"celery": {"uid": uid}, "on_success": body_specs, "on_failure": [_failure_variant(s) for s in body_specs]},
-    )  # fmt: skip
+def _unpack(tasks: tuple[Any, ...]) -> list[Any]:
+    if len(tasks) == 1 and not isinstance(tasks[0], dict) and isinstance(tasks[0], Iterable):
+        return list(tasks[0])
+    return list(tasks)
 
 
-def callback_specs(app: Any, value: Any, *, errback: bool) -> list[Any]:
-    """``link=``/``link_error=`` values (a signature, a list of them, or specs) as child specs."""
-    if value is None:
-        return []
-    items = [value] if isinstance(value, dict) else list(value)
-    specs: list[Any] = []
-    for item in items:
-        if isinstance(item, _Spec):
-            specs.append(item)
-            continue
-        sig = maybe_signature(item, app=app)
-        if errback:
-            spec = _task_spec(app, sig, str(uuid.uuid4()), [], [])
-            spec["meta"]["celery"].update(errback=True, errback_immutable=sig.immutable)
-            spec["immutable"] = False  # runner prepends the failed job's id; execution.py uses it
-            specs.append(spec)
-        else:
-            specs += _specs(app, _normalize([sig]), [])[0]
-    return specs
+def _set_parent(result: Any, parent: Any) -> None:
+    """The root of ``result``'s parent chain gets ``parent`` as its parent."""
+    node = result
+    while getattr(node, "parent", None) is not None:
+        node = node.parent
+    node.parent = parent
+
+
+def signature(varies: Any, *args: Any, **kwargs: Any) -> Signature:
+    """A signature from a task, a task name, or a dict (a serialized signature of any kind)."""
+    app = kwargs.get("app")
+    if isinstance(varies, Signature):
+        if not args and not kwargs.get("args") and set(kwargs) <= {"app"}:
+            return varies.clone()
+        return Signature(varies.task, *args, **kwargs)
+    if isinstance(varies, dict):
+        return Signature.from_dict(varies, app=app)
+    return Signature(varies, *args, **kwargs)
+
+
+subtask = signature
+
+
+def maybe_signature(d: Any, app: Any = None, clone: bool = False) -> Any:
+    if d is None:
+        return None
+    if isinstance(d, Signature):
+        if app is not None and d._app is None:
+            d._app = app
+        return d.clone() if clone else d
+    if isinstance(d, dict):
+        return Signature.from_dict(d, app=app)
+    return d
 
 
 def as_signatures(app: Any, value: Any) -> list[Signature]:
+    """A ``link``/``link_error`` value (one signature, a dict, or a list of them) as a list."""
     if value is None:
         return []
     items = [value] if isinstance(value, dict) else list(value)
-    return [maybe_signature(i, app=app) for i in items if not isinstance(i, _Spec)]
-
-
-def _submit(app: Any, steps: list[Any], options: dict[str, Any]) -> Any:
-    """Enqueue the first step now; the rest ride on it as child specs."""
-    from .result import GroupResult
-
-    options = {k: v for k, v in options.items() if k not in ("link", "link_error")}
-    first, rest = steps[0], steps[1:]
-    if isinstance(first, group):
-        return GroupResult(str(uuid.uuid4()), [_submit(app, _normalize([m]), options) for m in first.tasks], app=app)
-    if isinstance(first, chord):
-        headers = [_submit(app, _normalize([m]), options) for m in first.header.tasks]
-        if any(not hasattr(h, "id") or isinstance(h, GroupResult) for h in headers):
-            raise NotImplementedError("a group inside a chord's header is not supported by the runner shim")
-        body_specs, body_template = _specs(app, _normalize([first.body, *rest]), [])
-        unlock = app.runner.jobs[CHORD_UNLOCK]
-        import time
-
-        from .producer import call_sync
-
-        envelope = unlock.options(
-            meta={"celery": {}}, queue=app.conf.task_default_queue, on_success=child_specs(body_specs),
-            on_failure=child_specs([_failure_variant(s) for s in body_specs]),
-        ).call([h.id for h in headers]).envelope(time.time())  # fmt: skip
-        (unlock_id,) = call_sync(app.runner_app, app.enqueue_async, [envelope])
-        return _materialize(app, body_template, str(unlock_id))
-    return _submit_signature(app, first, rest, options)
-
-
-# The template must be the one of the specs actually sent, so build both together.
-def _submit_signature(app: Any, first: Signature, rest: list[Any], options: dict[str, Any]) -> Any:
-    rest_specs, rest_template = _specs(app, rest, []) if rest else ([], None)
-    link = [*rest_specs, *callback_specs(app, first.options.get("link"), errback=False)]
-    first_options = {k: v for k, v in {**first.options, **options}.items() if k not in ("link",)}
-    result = first.type.apply_async(first.args, first.kwargs, link=[_Spec(s) for s in link] or None, **first_options)
-    if not rest:
-        return result
-    return _materialize(app, rest_template, result.id, parent=result)
-
-
-# -- the chord unlock job -------------------------------------------------------------------------
-
-
-def register_internal_jobs(app: Any) -> None:
-    """Register ``celery.chord_unlock`` on the app's runner App."""
-
-    async def chord_unlock(header: list[Any], interval: float = 0.25, *, runner_ctx: RunnerContext) -> list[Any]:
-        from .producer import store_for
-        from .result import AsyncResult
-
-        store = await store_for(app.runner)
-        ids: list[int] = []
-        for ref in header:
-            if isinstance(ref, list):  # relative to our parent: the job that spawned the header
-                ref = "/".join([str(runner_ctx.parent_id), *ref])
-            job_id = await AsyncResult(str(ref), app=app)._resolve(store)
-            if job_id is None:
-                raise RunnerRetry(delay=interval, reason="chord header not enqueued yet")
-            ids.append(job_id)
-        rows = {row.id: row for row in await store.get_many(ids)}
-        for job_id in ids:
-            row = rows.get(job_id)
-            if row is not None and row.state in ("failed", "cancelled", "expired"):
-                error = decode_json(row.error) if row.error else {}
-                raise ChordError(f"Dependency {job_id} raised {error.get('type', row.state)}: {error.get('message', '')}")
-        if not all(rows.get(i) is not None and rows[i].state == "succeeded" for i in ids):
-            raise RunnerRetry(delay=min(1.0, interval * max(1, runner_ctx.attempt) ** 0.5), reason="chord header not finished")
-        return [decode_json(rows[i].result) if rows[i].result is not None else None for i in ids]
-
-    app.runner.job(chord_unlock, name=CHORD_UNLOCK, queue=app.conf.task_default_queue, retries=10**9 - 1, retry_on=())
+    return [maybe_signature(i, app=app) for i in items]

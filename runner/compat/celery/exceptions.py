@@ -16,10 +16,12 @@ __all__ = [
     "ImproperlyConfigured",
     "MaxRetriesExceededError",
     "NotRegistered",
+    "ParentFailed",
     "Reject",
     "Retry",
     "SoftTimeLimitExceeded",
     "TaskError",
+    "TaskIdInUse",
     "TaskRevokedError",
     "Terminated",
     "TimeLimitExceeded",
@@ -99,6 +101,21 @@ class TaskRevokedError(TaskError):
 
 class ChordError(TaskError):
     """A task in a chord's header failed: the body is not run."""
+
+
+class ParentFailed(CeleryError):
+    """A canvas step that never ran because a step before it failed; its result reports the
+    error of that step (runner writes the same condition as its own ``ParentFailed``)."""
+
+
+# Error types of a step that ended because one it waited for did not succeed: runner's own, and
+# the shim's (a chord body whose header never ran). Results follow them to the step that failed.
+PROPAGATED: frozenset[str] = frozenset({"ParentFailed", "runner.compat.celery.exceptions.ParentFailed"})
+
+
+class TaskIdInUse(CeleryError, ValueError):
+    """A task id chosen for a step that waits for another is already the id of a task that has
+    not finished: two unfinished runner jobs cannot share an id (its idempotency key)."""
 
 
 class TimeoutError(CeleryError, builtins.TimeoutError):

@@ -19,43 +19,37 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import random
 import socket
 import threading
-import uuid
 from collections.abc import Awaitable, Callable, Generator
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import anyio.from_thread
 
+import runner.compat.celery._state as _state
+import runner.compat.celery.signals as signals
+import runner.compat.celery.states as states
+
 from ...app import Context as RunnerContext
 from ...errors import Retry as RunnerRetry
 from ...wire import decode_json
-from . import signals, states
 from .app.task import Context, ExceptionInfo, Task
-from .bridge import (
-    AttemptState,
-    current_state,
-    original_asyncio_run,
-    run_sync_body,
-    soft_limited,
-)
-from .exceptions import ChordError, Ignore, Reject, Retry, rebuild_exception
+from .bridge import AttemptState, original_asyncio_run, run_sync_body, soft_limited
+from .canvas import as_signatures
+from .exceptions import PROPAGATED, ChordError, Ignore, ParentFailed, Reject, Retry, TaskRevokedError, rebuild_exception
+from .producer import store_for
+from .result import EagerResult, failed_cause
+from .utils import uuid
+from .utils.time import get_exponential_backoff_interval
 
-__all__ = ["apply_eager", "current_request", "make_entry", "send_async", "update_state"]
+__all__ = ["apply_eager", "backoff_countdown", "make_entry", "send_async"]
 
 log = logging.getLogger("runner.compat.celery")
 
-_current_request: ContextVar[Context | None] = ContextVar("celery_current_request", default=None)
+_current_request = _state.request_var
 _HOSTNAME = f"celery@{socket.gethostname()}"
-
-
-def current_request() -> Context | None:
-    """The request of the task attempt running in this context, if any."""
-    return _current_request.get()
 
 
 @dataclass
@@ -82,13 +76,13 @@ def _is_async(task: Task) -> bool:
     return inspect.iscoroutinefunction(task.run)
 
 
-def backoff_countdown(factor: int, retries: int, maximum: float, full_jitter: bool) -> float:
-    """Celery's ``get_exponential_backoff_interval``: ``min(maximum, factor * 2**retries)``, then
-    with full jitter a uniform integer in ``[0, countdown]``."""
-    countdown = min(maximum, factor * (2**retries))
-    if full_jitter:
-        countdown = random.randrange(int(countdown) + 1)
-    return max(0, countdown)
+def backoff_countdown(retry_backoff: Any, retries: int, maximum: Any, full_jitter: bool) -> float:
+    """Celery's autoretry countdown: ``get_exponential_backoff_interval`` with the factor
+    ``int(max(1.0, retry_backoff))`` (so ``True`` and anything below 1 mean 1, and 2.5 means 2)
+    and the maximum ``int(retry_backoff_max)``."""
+    return get_exponential_backoff_interval(
+        factor=int(max(1.0, float(retry_backoff))), retries=retries, maximum=int(maximum), full_jitter=full_jitter
+    )
 
 
 # -- the trace: one implementation, driven on the loop, in a thread, or eagerly ------------------
@@ -119,6 +113,7 @@ def _trace(task: Task, request: Context, args: tuple[Any, ...], kwargs: dict[str
     task_id = request.id
     token = task.push_request(request)
     current = _current_request.set(request)
+    current_task = _state.task_var.set(task)
     outcome = Outcome(states.SUCCESS)
     try:
         yield from _signal(signals.task_prerun, sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
@@ -144,9 +139,9 @@ def _trace(task: Task, request: Context, args: tuple[Any, ...], kwargs: dict[str
                 dont = tuple(task.dont_autoretry_for or ())
                 if autoretry and isinstance(exc, autoretry) and not (dont and isinstance(exc, dont)):
                     retry_kwargs = dict(task.retry_kwargs or {})
-                    if task.retry_backoff:
+                    if float(task.retry_backoff or 0):
                         retry_kwargs["countdown"] = backoff_countdown(
-                            int(task.retry_backoff), request.retries, task.retry_backoff_max, task.retry_jitter
+                            task.retry_backoff, request.retries, task.retry_backoff_max, task.retry_jitter
                         )
                     task.retry(exc=exc, **retry_kwargs)  # raises Retry, or exc once exhausted
                 raise
@@ -185,6 +180,7 @@ def _trace(task: Task, request: Context, args: tuple[Any, ...], kwargs: dict[str
         return outcome
     finally:
         _current_request.reset(current)
+        _state.task_var.reset(current_task)
         task.pop_request(token)
 
 
@@ -267,8 +263,6 @@ def _resolve_eager(awaitable: Awaitable[Any]) -> Any:
 
 
 async def _row(task: Task, job_id: int) -> Any:
-    from .producer import store_for
-
     return await (await store_for(task.app.runner)).get(job_id)
 
 
@@ -280,18 +274,24 @@ def _positional_params(task: Task) -> int:
     return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
-async def _errback_args(task: Task, args: list[Any]) -> list[Any]:
+async def _failed_parent(task: Task, parent_id: Any) -> Any:
+    return await _row(task, int(parent_id)) if isinstance(parent_id, int) and not isinstance(parent_id, bool) else None
+
+
+async def _errback_args(task: Task, args: list[Any], row: Any) -> list[Any]:
     """runner passes a failed parent's job id; Celery errbacks take ``(request, exc, traceback)``
     (or, old style, the task id)."""
     parent_id, rest = args[0], args[1:]
-    row = await _row(task, int(parent_id)) if isinstance(parent_id, int) else None
     meta = decode_json(row.meta) if row is not None and row.meta else {}
     parent_task_id = ((meta or {}).get("celery") or {}).get("id") or str(parent_id)
     if _positional_params(task) - len(rest) < 3:
         return [parent_task_id, *rest]
     error = decode_json(row.error) if row is not None and row.error else {}
+    parent_meta = ((meta or {}).get("celery") or {}) if row is not None else {}
     parent = Context(
         id=parent_task_id, task=row.name if row is not None else None, called_directly=False,
+        root_id=parent_meta.get("root_id"), parent_id=parent_meta.get("parent_id"), group=parent_meta.get("group"),
+        group_index=parent_meta.get("group_index"), headers=parent_meta.get("headers"),
         args=decode_json(row.args) if row is not None else [], kwargs=decode_json(row.kwargs) if row is not None else {},
     )  # fmt: skip
     exc = rebuild_exception(str(error.get("type", "Exception")), str(error.get("message", "")))
@@ -317,27 +317,34 @@ async def execute(task: Task, ctx: RunnerContext, args: list[Any], kwargs: dict[
     meta = (ctx.meta or {}).get("celery") or {}
     progress: dict[str, Any] = {}
     if meta.get("errback"):
-        args = args[1:] if meta.get("errback_immutable") else await _errback_args(task, args)
-    if meta.get("chord_error"):
-        row = await _row(task, ctx.parent_id) if ctx.parent_id else None
-        error = decode_json(row.error) if row is not None and row.error else {}
-        raise ChordError(str(error.get("message") or "a task in the chord's header failed"))
+        failed = await _failed_parent(task, args[0])
+        if failed is not None and _error_of(failed).get("type") in PROPAGATED:
+            return None  # its task never ran (a step before it failed): Celery calls no errback
+        args = args[1:] if meta.get("errback_immutable") else await _errback_args(task, args, failed)
+    if meta.get("chord"):
+        await _check_chord_header(task, ctx)
     soft = meta.get(
         "soft_time_limit", task.soft_time_limit if task.soft_time_limit is not None else conf.get("task_soft_time_limit")
     )
     state = AttemptState(soft_limit=float(soft) if soft else None, bridge=bool(conf.get("runner_bridge_asyncio_run", True)))
     task_id = str(meta.get("id") or ctx.job_id)
     info = app.worker_info
+    headers = dict(meta.get("headers") or {})
     request = Context(
         id=task_id, task=task.name, retries=max(0, ctx.attempt - 1), args=tuple(args), kwargs=dict(kwargs),
         is_eager=False, called_directly=False, hostname=f"celery@{info.owner}" if info else _HOSTNAME,
         delivery_info={"exchange": "", "routing_key": ctx.queue, "priority": None, "redelivered": ctx.attempt > 1},
-        eta=meta.get("eta"), expires=None, headers=dict(meta.get("headers") or {}),
-        root_id=str(ctx.root_id) if ctx.root_id else task_id, parent_id=str(ctx.parent_id) if ctx.parent_id else None,
-        group=meta.get("group"), timelimit=(meta.get("time_limit", task.time_limit), soft),
-        ignore_result=bool(meta.get("ignore_result", task.ignore_result)),
+        eta=meta.get("eta"), expires=meta.get("expires"), headers=headers,
+        root_id=meta.get("root_id") or (str(ctx.root_id) if ctx.root_id else task_id),
+        parent_id=meta.get("parent_id") or (str(ctx.parent_id) if ctx.parent_id else None),
+        group=meta.get("group"), group_index=meta.get("group_index"),
+        timelimit=(meta.get("time_limit", task.time_limit), soft), shadow=meta.get("shadow"),
+        ignore_result=bool(meta.get("ignore_result", task.ignore_result)), correlation_id=task_id,
         job_id=ctx.job_id, state=state, runner_ctx=ctx, progress=progress,
     )  # fmt: skip
+    for name, value in headers.items():  # Celery: custom headers are request attributes too
+        if not hasattr(Context, name) and name not in request.__dict__:
+            setattr(request, name, value)
     trace = _trace(task, request, tuple(args), dict(kwargs))
     if _is_async(task):
         outcome = await _drive_async(trace, state)
@@ -347,6 +354,52 @@ async def execute(task: Task, ctx: RunnerContext, args: list[Any], kwargs: dict[
     if state.pending:
         await asyncio.gather(*state.pending, return_exceptions=True)
     return await _conclude(outcome, request)
+
+
+def _error_of(row: Any) -> dict[str, Any]:
+    try:
+        error = decode_json(row.error) if row is not None and row.error else {}
+    except Exception:
+        return {"message": str(row.error)}
+    return error if isinstance(error, dict) else {}
+
+
+def _celery_id(row: Any) -> str:
+    try:
+        meta = decode_json(row.meta) if row.meta else {}
+    except Exception:
+        meta = {}
+    return str(((meta or {}).get("celery") or {}).get("id") or row.id)
+
+
+async def _check_chord_header(task: Task, ctx: RunnerContext) -> None:
+    """A chord body runs only if every header task succeeded (Celery's rule). Otherwise it fails
+    before it starts: with ``ChordError`` naming the first header task that failed (its errbacks
+    run), or, when that task never ran because a step before the chord failed, as that step's
+    failure carried on (``ParentFailed``: no errbacks, its result reports that step's error)."""
+    store = await store_for(task.app.runner)
+    parents = await store.parent_results(ctx.job_id)
+    failed = [parent_id for parent_id, state, _result in parents if state != "succeeded"]
+    if not failed:
+        return
+    rows = {row.id: row for row in await store.get_many(failed)}
+    culprit = rows.get(failed[0])
+    if culprit is None:
+        raise ChordError(f"Dependency {failed[0]} is gone (purged?)")
+    error = _error_of(culprit)
+    if error.get("type") in PROPAGATED:
+        cause = await failed_cause(store, culprit)
+        what = (
+            f"{_celery_id(cause)} raised {_error_of(cause).get('type')}"
+            if cause is not None
+            else "a step before the chord failed"
+        )
+        raise ParentFailed(f"the chord's header never ran: {what}")
+    if culprit.state in ("cancelled", "expired"):
+        exc: BaseException = TaskRevokedError(error.get("message") or "revoked")
+    else:
+        exc = rebuild_exception(str(error.get("type", "Exception")), str(error.get("message", "")))
+    raise ChordError(f"Dependency {_celery_id(culprit)} raised {exc!r}")
 
 
 async def _conclude(outcome: Outcome, request: Context) -> Any:
@@ -368,36 +421,19 @@ async def _conclude(outcome: Outcome, request: Context) -> Any:
     raise outcome.exc
 
 
-# -- update_state -----------------------------------------------------------------------------------
-
-
-def update_state(task: Task, task_id: str | None, state: str | None, meta: Any) -> None:
-    request = task.request
-    if task_id is not None and task_id != request.id:
-        raise NotImplementedError("update_state(task_id=...) for another task is not supported by the runner shim")
-    if request.runner_ctx is None:  # eager or called directly: kept on the request
-        request.custom_state = (state, meta)
-        return
-    value = {**request.progress, "state": state, "meta": meta}
-    request.progress = value
-    ctx = request.runner_ctx
-    if current_state() is not None:  # a sync task's thread
-        anyio.from_thread.run(ctx.progress, value)
-        return
-    pending = asyncio.get_running_loop().create_task(ctx.progress(value))
-    request.state.pending.append(pending)
-
-
 # -- signals from async code ----------------------------------------------------------------------
 
 
-async def send_async(signal_: signals.Signal, /, **named: Any) -> None:
-    for fn, response in signal_.send(**named):
+async def send_async(signal_: signals.Signal, /, **named: Any) -> list[tuple[Any, Any]]:
+    """Send ``signal_`` and await what its async receivers return; the (receiver, response) pairs."""
+    responses = signal_.send(**named)
+    for fn, response in responses:
         if inspect.isawaitable(response):
             try:
                 await response
             except Exception:
                 log.exception("signal %s: async receiver %r raised", signal_.name, fn)
+    return responses
 
 
 # -- eager ------------------------------------------------------------------------------------------
@@ -417,10 +453,8 @@ def apply_eager(
 ) -> Any:
     """``task.apply()`` and ``task_always_eager``: run in this thread now; ``retry()`` runs the
     next attempt at once (countdowns are not waited for)."""
-    from .result import EagerResult
-
-    task_id = task_id or str(uuid.uuid4())
-    parent = current_request()
+    task_id = task_id or options.get("task_id") or uuid()
+    parent = _state.current_request()
     while True:
         request = Context(
             id=task_id, task=task.name, retries=retries, args=args, kwargs=kwargs, is_eager=True,
@@ -441,8 +475,6 @@ def apply_eager(
     result = EagerResult(
         task_id, outcome.retval if state == states.SUCCESS else outcome.exc, state, app=task.app, task_name=task.name
     )
-    from .canvas import as_signatures
-
     if state == states.SUCCESS:
         for callback in as_signatures(task.app, link):
             callback.clone(args=(outcome.retval,)).apply()

@@ -1,30 +1,33 @@
 """``AsyncResult``, ``GroupResult`` and ``EagerResult``, read from the job rows.
 
 Results live in the queue table (``runner_jobs.result``/``error``/``progress``): ``backend=`` and
-``result_backend`` are accepted and ignored. A task id is one of:
+``result_backend`` are accepted and ignored. A task id is the Celery id of one job: the
+``task_id=`` a caller chose, or the UUID the shim gave it when it was sent; both are the job's
+idempotency key (an indexed column), so ``AsyncResult(id)`` finds the job by it. A job that was
+not sent through the shim (a periodic fire, an errback) is known by its runner job id, as text.
 
-* ``"123"`` -- the runner job id (what ``delay()``/``apply_async()`` return);
-* ``"123/3f2c…/9ab1…"`` -- a job created later by a canvas (a chain step, a chord body): the
-  first job's id, then the canvas ids of the chained children, resolved through ``parent_id``;
-* any other string -- a ``task_id=`` you passed to ``apply_async``: stored as the job's
-  idempotency key and looked up by it.
-
-Every blocking method works from sync code; ``await result`` / ``await result.aget()`` is the
-non-blocking form for async callers.
+A workflow step that never ran because a step before it failed (runner ends it with
+``ParentFailed``) reports that step's error, as Celery marks the rest of a chain failed with the
+exception that stopped it. Every blocking method works from sync code; ``await result`` /
+``await result.aget()`` is the non-blocking form for async callers.
 """
 
 from __future__ import annotations
 
 import time
+import traceback as tb
 from collections.abc import Iterator
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 
+import runner.compat.celery._state as _state
+import runner.compat.celery.states as states
+
 from ...wire import decode_json
-from . import states
-from .exceptions import TaskRevokedError, TimeoutError, rebuild_exception
+from .exceptions import PROPAGATED, TaskRevokedError, TimeoutError, rebuild_exception
+from .producer import call_sync, store_for
 
 __all__ = ["AsyncResult", "EagerResult", "GroupResult", "ResultSet", "result_from_tuple"]
 
@@ -32,11 +35,7 @@ _FINISHED = ("succeeded", "failed", "cancelled", "expired")
 
 
 def _app(app: Any) -> Any:
-    if app is not None:
-        return app
-    from .app.base import get_current_app
-
-    return get_current_app()
+    return app if app is not None else _state.get_current_app()
 
 
 def _error(row: Any) -> dict[str, Any]:
@@ -56,7 +55,7 @@ def _progress(row: Any) -> dict[str, Any]:
 
 
 class AsyncResult:
-    """A task's result by task id (see the module docstring for the id forms)."""
+    """A task's result by task id (see the module docstring)."""
 
     def __init__(
         self,
@@ -71,8 +70,9 @@ class AsyncResult:
         self.app = _app(app)
         self.task_name = task_name
         self.parent = parent
-        self._job_id = job_id if job_id is not None else (int(self.id) if self.id.isdigit() else None)
+        self._job_id = job_id
         self._final: Any = None  # the row once finished (it no longer changes)
+        self._cause: Any = None  # for a step that never ran: the row of the step that failed
 
     def __repr__(self) -> str:
         return f"<AsyncResult: {self.id}>"
@@ -88,37 +88,28 @@ class AsyncResult:
     def __hash__(self) -> int:
         return hash(self.id)
 
+    @property
+    def task_id(self) -> str:
+        """The task id (Celery's old name for ``id``)."""
+        return self.id
+
     def as_tuple(self) -> tuple[Any, ...]:
         return ((self.id, self.parent and self.parent.as_tuple()), None)
 
     # -- reading the row --------------------------------------------------------------------
 
     async def _store(self) -> Any:
-        from .producer import store_for
-
         return await store_for(self.app.runner)
 
     async def _resolve(self, store: Any) -> int | None:
+        """The job behind the id: by key (every id the shim gives out is one), or, for a job
+        that was not sent through the shim, by its runner job id."""
         if self._job_id is not None:
             return self._job_id
-        if "/" in self.id:
-            anchor, *uids = self.id.split("/")
-            current = int(anchor)
-            for uid in uids:
-                found = None
-                for child in await store.children(current):
-                    meta = decode_json(child.meta) if child.meta else {}
-                    if ((meta or {}).get("celery") or {}).get("uid") == uid:
-                        found = child.id
-                        break
-                if found is None:
-                    return None  # not created yet (its parent has not finished)
-                current = found
-            self._job_id = current
-        else:
-            row = await store.get_by_key(self.id)
-            if row is None:
-                return None
+        row = await store.get_by_key(self.id)
+        if row is None and self.id.isdigit():
+            row = await store.get(int(self.id))
+        if row is not None:
             self._job_id = row.id
         return self._job_id
 
@@ -131,22 +122,23 @@ class AsyncResult:
             return None
         row = await store.get(job_id)
         if row is not None and row.state in _FINISHED:
+            if row.state != "succeeded" and _error(row).get("type") in PROPAGATED:
+                self._cause = await failed_cause(store, row)
             self._final = row
         return row
 
     def _row(self) -> Any:
         if self._final is not None:
             return self._final
-        from .producer import call_sync
-
         return call_sync(self.app.runner_app, self._row_async)
 
     # -- state ----------------------------------------------------------------------------------
 
-    @staticmethod
-    def _state_of(row: Any) -> str:
+    def _state_of(self, row: Any) -> str:
         if row is None:
             return states.PENDING
+        if self._cause is not None and row is self._final:
+            return states.FAILURE  # Celery marks the rest of a chain failed, with the same error
         custom = _progress(row).get("state") if row.state == "running" else None
         return states.from_runner(row.state, row.attempt, custom)
 
@@ -170,7 +162,7 @@ class AsyncResult:
         if state == states.SUCCESS:
             return decode_json(row.result) if row.result is not None else None
         if state == states.FAILURE:
-            error = _error(row)
+            error = _error(self._cause if self._cause is not None and row is self._final else row)
             return rebuild_exception(str(error.get("type", "Exception")), str(error.get("message", "")))
         if state == states.REVOKED:
             return TaskRevokedError(_error(row).get("message") or "revoked")
@@ -187,23 +179,42 @@ class AsyncResult:
     @property
     def traceback(self) -> str | None:
         row = self._row()
-        if row is None or row.state not in ("failed",):
+        if self._state_of(row) != states.FAILURE:
             return None
-        return str(_error(row).get("traceback") or "") or None
+        source = self._cause if self._cause is not None else row
+        return str(_error(source).get("traceback") or "") or None
 
     @property
     def date_done(self) -> Any:
         row = self._row()
         if row is None or row.finished_at is None:
             return None
-        from datetime import datetime
-
         return datetime.fromtimestamp(row.finished_at, UTC)
 
     @property
     def retries(self) -> int:
         row = self._row()
         return max(0, (row.attempt if row is not None else 0) - 1)
+
+    @property
+    def name(self) -> str | None:
+        row = self._row()
+        return row.name if row is not None else self.task_name
+
+    @property
+    def args(self) -> Any:
+        row = self._row()
+        return decode_json(row.args) if row is not None else None
+
+    @property
+    def kwargs(self) -> Any:
+        row = self._row()
+        return decode_json(row.kwargs) if row is not None else None
+
+    @property
+    def queue(self) -> str | None:
+        row = self._row()
+        return row.queue if row is not None else None
 
     # -- waiting ----------------------------------------------------------------------------------
 
@@ -240,22 +251,37 @@ class AsyncResult:
         **kwargs: Any,
     ) -> Any:
         """Wait for the result; re-raises the task's exception (``propagate``)."""
-        from .execution import current_request
-        from .producer import call_sync
-
-        request = current_request()
+        request = _state.current_request()
         if disable_sync_subtasks and request is not None and not request.is_eager:
             raise RuntimeError("Never call result.get() within a task! See Celery's 'Avoid launching synchronous subtasks'")
-        row = call_sync(self.app.runner_app, self._wait, timeout, interval)
-        return self._outcome(row, propagate)
+        return call_sync(self.app.runner_app, self._get, timeout, propagate, interval, follow_parents)
 
     wait = get
 
     async def aget(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5) -> Any:
         """``get`` for async callers: ``await result.aget()`` or ``await result``."""
         self.app._apply_broker()
+        return await self._get(timeout, propagate, interval, True)
+
+    async def _get(self, timeout: float | None, propagate: bool, interval: float, follow_parents: bool) -> Any:
         row = await self._wait(timeout, interval)
+        if follow_parents and propagate and self.parent is not None:
+            # Celery raises the error of the first failed step before this one (the one nearest
+            # the start), as a failed chord header task's, not the body's ChordError.
+            for node in reversed(list(self._parents())):
+                await node._throw_if_failed()
         return self._outcome(row, propagate)
+
+    def _parents(self) -> Any:
+        node = self.parent
+        while node is not None:
+            yield node
+            node = getattr(node, "parent", None)
+
+    async def _throw_if_failed(self) -> None:
+        row = await self._row_async()
+        if row is not None and row.state in _FINISHED and self._state_of(row) in states.PROPAGATE_STATES:
+            raise self._value(row)
 
     def __await__(self) -> Any:
         return self.aget().__await__()
@@ -269,7 +295,7 @@ class AsyncResult:
             return
         if not terminate:
             row = await store.get(job_id)
-            if row is None or row.state != "queued":
+            if row is None or row.state not in ("queued", "waiting"):
                 return  # like Celery without terminate: a running task runs to the end
         await store.cancel(job_id)
 
@@ -283,12 +309,26 @@ class AsyncResult:
     ) -> None:
         """Cancel a queued task; with ``terminate=True`` also stop it if running (async: the
         task is cancelled at its next await; sync: ``Terminated`` is raised in its thread)."""
-        from .producer import call_sync
-
         call_sync(self.app.runner_app, self._revoke, terminate)
 
     def forget(self) -> None:
         """Accepted; runner deletes finished rows itself after ``result_expires``."""
+
+
+async def failed_cause(store: Any, row: Any) -> Any:
+    """The row whose failure ended ``row`` (a step that never ran): up its parents until one
+    that failed by itself. None if that row is gone."""
+    seen = {row.id}
+    current = row
+    while current is not None and _error(current).get("type") in PROPAGATED:
+        parents, _ = await store.dependencies(current.id)
+        rows = {r.id: r for r in await store.get_many(parents)}
+        ended = [rows[p] for p in parents if p in rows and rows[p].state != "succeeded" and p not in seen]
+        if not ended:
+            return None
+        current = ended[0]
+        seen.add(current.id)
+    return current
 
 
 class EagerResult(AsyncResult):
@@ -305,8 +345,6 @@ class EagerResult(AsyncResult):
         self._state = state
         self._traceback = traceback
         if isinstance(ret_value, BaseException) and traceback is None:
-            import traceback as tb
-
             self._traceback = "".join(tb.format_exception(ret_value))
 
     def __repr__(self) -> str:
@@ -340,6 +378,10 @@ class EagerResult(AsyncResult):
     async def aget(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5) -> Any:
         return self.get(propagate=propagate)
 
+    async def _throw_if_failed(self) -> None:
+        if self._state in states.PROPAGATE_STATES:
+            raise self._value_
+
     def revoke(self, *args: Any, **kwargs: Any) -> None:
         self._state = states.REVOKED
 
@@ -352,7 +394,15 @@ class ResultSet:
 
     def __init__(self, results: Any, app: Any = None, **kwargs: Any) -> None:
         self.results = list(results or [])
-        self.app = app
+        self._app_ = app
+
+    @property
+    def app(self) -> Any:
+        return _app(self._app_ or next((getattr(r, "app", None) for r in self.results), None))
+
+    @app.setter
+    def app(self, value: Any) -> None:
+        self._app_ = value
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.results)
@@ -380,6 +430,10 @@ class ResultSet:
 
     def waiting(self) -> bool:
         return not self.ready()
+
+    async def _throw_if_failed(self) -> None:
+        for r in self.results:
+            await r._throw_if_failed()
 
     def revoke(self, connection: Any = None, terminate: bool = False, **kwargs: Any) -> None:
         for r in self.results:
@@ -427,6 +481,7 @@ class GroupResult(ResultSet):
         super().__init__(results, app=app)
         self.id = id
         self.parent = parent
+        self._native = False  # sent by the shim: its members carry its id already
 
     def __repr__(self) -> str:
         return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
@@ -435,14 +490,29 @@ class GroupResult(ResultSet):
     def children(self) -> list[Any]:
         return self.results
 
-    def save(self, backend: Any = None) -> None:
-        raise NotImplementedError("GroupResult.save/restore are not supported by the runner shim; keep the member ids instead")
+    def save(self, backend: Any = None) -> GroupResult:
+        """Keep the group for ``GroupResult.restore(id)``. A group the shim sent is already kept
+        (its members carry its id); one built by hand is kept in a small job of its own."""
+        if not self._native:
+            self.app.save_group(self)
+        return self
+
+    def delete(self, backend: Any = None) -> None:
+        """Accepted; runner deletes finished rows itself after ``result_expires``."""
 
     @classmethod
-    def restore(cls, id: str, backend: Any = None, app: Any = None) -> Any:
-        raise NotImplementedError("GroupResult.save/restore are not supported by the runner shim; keep the member ids instead")
+    def restore(cls, id: str, backend: Any = None, app: Any = None) -> GroupResult | None:
+        """The group saved (or sent by the shim) under ``id``, or None."""
+        return _app(app).restore_group(id)
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return ((self.id, self.parent and self.parent.as_tuple()), [r.as_tuple() for r in self.results])
 
 
 def result_from_tuple(r: Any, app: Any = None) -> Any:
-    (id_, parent), _nodes = r
-    return AsyncResult(id_, app=app, parent=result_from_tuple(parent, app) if parent else None)
+    """A result from its ``as_tuple()`` form (a ``GroupResult`` when it has members)."""
+    (id_, parent), nodes = r
+    parent_result = result_from_tuple(parent, app) if parent else None
+    if nodes is not None:
+        return GroupResult(id_, [result_from_tuple(n, app) for n in nodes], parent=parent_result, app=app)
+    return AsyncResult(id_, app=app, parent=parent_result)

@@ -2,11 +2,13 @@
 
 Every Celery task becomes one runner job (``JobDef``) of the same name on ``app.runner``; the
 ``runner_app`` attribute (what ``runner serve -A proj`` looks for) finalizes the app first:
-imports ``include``/``imports``/autodiscovered modules, registers shared tasks, applies
-``beat_schedule`` as runner periodic entries, and turns worker settings into ``runner serve``
-defaults. The runner job for a task is an ``async def`` wrapper (``execution.make_entry``) that
-runs the Celery body -- async on the worker's loop, sync in its thread pool -- with Celery's
-request, hooks, signals, retries and limits around it.
+sends ``on_after_configure``, imports ``include``/``imports``/autodiscovered modules, registers
+shared tasks, sends ``on_after_finalize``, applies ``beat_schedule`` and ``add_periodic_task``
+entries as runner periodic entries, and turns worker settings into ``runner serve`` defaults.
+The runner job for a task is an ``async def`` wrapper (``execution.make_entry``) that runs the
+Celery body -- async on the worker's loop, sync in its thread pool -- with Celery's request,
+hooks, signals, retries and limits around it. Sending (a task or any canvas) is
+``workflow.py``: one native runner workflow, in one transaction.
 """
 
 from __future__ import annotations
@@ -18,17 +20,27 @@ import logging
 import math
 import os
 import re
-import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import runner.compat.celery._state as _state
+import runner.compat.celery.signals as signals
+
 from ....app import App, WorkerInfo
-from ....wire import Envelope
-from .. import signals
+from ....limits import RateLimit, parse_rate
+from ....wire import Envelope, decode_json
+from ..canvas import Signature, signature
 from ..exceptions import ImproperlyConfigured, NotRegistered
-from .config import Settings, broker_url
+from ..execution import apply_eager, make_entry, send_async
+from ..producer import call_sync, store_for
+from ..result import AsyncResult, GroupResult, result_from_tuple
+from ..schedules import to_runner
+from ..workflow import send as send_canvas
+from ..workflow import send_async as send_canvas_async
+from .amqp import queue_name
+from .builtins import add_builtins
+from .config import Settings, broker_url, check_serializer
 from .task import Task
 
 __all__ = ["Celery", "current_app", "get_current_app", "shared_task"]
@@ -38,35 +50,10 @@ log = logging.getLogger("runner.compat.celery")
 # Celery's default max_retries is 3 and None means "forever": the shim, not runner, decides
 # when retries are exhausted, so the runner job itself may run (almost) without limit.
 UNLIMITED_ATTEMPTS = 1_000_000_000
+SAVE_GROUP = "celery.save_group"  # the job that keeps a hand-built GroupResult for restore()
 
-_current: list[Celery] = []
-_shared: list[tuple[Callable[..., Any], dict[str, Any]]] = []
-_all_apps: list[Celery] = []
-_lock = threading.RLock()
-
-
-def get_current_app() -> Celery:
-    """The app most recently created (or a default one, as Celery's ``current_app``)."""
-    with _lock:
-        if not _current:
-            Celery("default")
-        return _current[-1]
-
-
-class _CurrentApp:
-    """``current_app``: a proxy to the app most recently created, as in Celery."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(get_current_app(), name)
-
-    def __call__(self) -> Celery:
-        return get_current_app()
-
-    def __repr__(self) -> str:
-        return f"<current_app proxy to {get_current_app()!r}>"
-
-
-current_app: Any = _CurrentApp()
+get_current_app = _state.get_current_app
+current_app = _state.current_app
 
 
 def shared_task(*args: Any, **options: Any) -> Any:
@@ -74,22 +61,18 @@ def shared_task(*args: Any, **options: Any) -> Any:
     app (existing and future). Calling it uses the current app."""
 
     def create(fun: Callable[..., Any]) -> Task:
-        with _lock:
-            _shared.append((fun, options))
+        with _state.lock:
+            _state.shared_tasks.append((fun, options))
             task = None
-            for app in _all_apps:
+            for app in _state.all_apps:
                 task = app._task_from_fun(fun, **options)
             if task is None:
-                task = get_current_app()._task_from_fun(fun, **options)
+                task = _state.get_current_app()._task_from_fun(fun, **options)
         return task
 
     if len(args) == 1 and callable(args[0]) and not options:
         return create(args[0])
     return create
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def celery_rate(spec: Any) -> Any:
@@ -98,8 +81,6 @@ def celery_rate(spec: Any) -> Any:
     Celery spaces starts evenly (a token bucket), so "10/s" becomes one start per 0.1 s window."""
     if spec in (None, "", 0):
         return None
-    from ....limits import RateLimit, parse_rate
-
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
         per_second = float(spec)
         return RateLimit((1, 1.0 / per_second)) if per_second > 0 else None
@@ -114,6 +95,35 @@ def _seconds(value: Any) -> float | None:
     if isinstance(value, timedelta):
         return value.total_seconds()
     return float(value)
+
+
+class _DeclaredQueue:
+    """A ``task_queues`` entry given as a name or a dict (Celery's old ``CELERY_QUEUES`` form)."""
+
+    def __init__(self, name: str, options: dict[str, Any] | None = None) -> None:
+        options = options or {}
+        self.name = name
+        self.routing_key = str(options.get("routing_key") or options.get("binding_key") or "")
+        exchange = options.get("exchange")
+        self.exchange_name = exchange if isinstance(exchange, str) else getattr(exchange, "name", "") or ""
+
+    def routing_keys(self) -> list[str]:
+        return [self.routing_key] if self.routing_key else []
+
+    def exchange_names(self) -> list[str]:
+        return [self.exchange_name] if self.exchange_name else []
+
+
+class CeleryRunnerApp(App):
+    """The runner App behind a Celery app: it also serves every queue of ``task_queues``, as a
+    Celery worker consumes them all by default."""
+
+    celery: Celery
+
+    def queues(self) -> tuple[str, ...]:
+        named = super().queues()
+        declared = [q.name for q in self.celery.declared_queues() if q.name not in named]
+        return (*named, *declared)
 
 
 class Celery:
@@ -153,23 +163,26 @@ class Celery:
         self.namespace = namespace
         self.include = list(include or [])
         self.tasks: dict[str, Task] = {}
-        self.runner = App(main or "celery")
-        self.runner.celery = self  # type: ignore[attr-defined]
+        self.runner = CeleryRunnerApp(main or "celery")
+        self.runner.celery = self
         self.runner.lifespan(self._worker_lifespan)
         self._finalized = False
+        self._configured = False
         self._autodiscover: list[tuple[Any, str]] = []
+        self._pending_periodic: list[tuple[str, dict[str, Any]]] = []
         self._applied_broker: str | None = None
         self.worker_info: WorkerInfo | None = None
+        # The app's own signals, as Celery's: sent with sender=app.
+        self.on_configure = signals.Signal("app.on_configure")
+        self.on_after_configure = signals.Signal("app.on_after_configure")
+        self.on_after_finalize = signals.Signal("app.on_after_finalize")
+        self.on_after_fork = signals.Signal("app.on_after_fork")
         base = task_cls if isinstance(task_cls, type) else Task
         self.Task: type[Task] = type("Task", (base,), {"app": self, "__module__": base.__module__, "abstract": True})
-        from ..canvas import register_internal_jobs
-
-        register_internal_jobs(self)
-        with _lock:
-            _all_apps.append(self)
-            if set_as_current:
-                _current.append(self)
-            for fun, options in _shared:
+        add_builtins(self)
+        with _state.lock:
+            _state.register_app(self, set_as_current=set_as_current)
+            for fun, options in _state.shared_tasks:
                 self._task_from_fun(fun, **options)
 
     def __repr__(self) -> str:
@@ -193,6 +206,20 @@ class Celery:
             raise ImproperlyConfigured(f"the environment variable {variable_name!r} is not set")
         self.config_from_object(module, silent=silent)
 
+    @property
+    def configured(self) -> bool:
+        return self._configured
+
+    def _configure(self) -> None:
+        """Celery sends ``on_configure``/``on_after_configure`` once its configuration is first
+        read; the shim sends them when the app is finalized (the worker at start, a producer at
+        its first send), after the module defining the app has been imported."""
+        if self._configured:
+            return
+        self._configured = True
+        self.on_configure.send(sender=self)
+        self.on_after_configure.send(sender=self, source=self.conf)
+
     def autodiscover_tasks(self, packages: Any = None, related_name: str = "tasks", force: bool = False) -> None:
         """Import ``<package>.<related_name>`` for each package (a list, or a callable returning
         one, as Django's ``INSTALLED_APPS``), at finalization or now with ``force=True``."""
@@ -212,6 +239,18 @@ class Celery:
 
     def broker_url(self) -> str | None:
         return broker_url(self.conf, self._constructor_broker)
+
+    def declared_queues(self) -> list[Any]:
+        """``task_queues`` as queue objects with a ``name`` (``Queue``s, names or a dict)."""
+        value = self.conf.get("task_queues")
+        if not value:
+            return []
+        if isinstance(value, dict):
+            return [_DeclaredQueue(str(name), dict(options or {})) for name, options in value.items()]
+        out: list[Any] = []
+        for item in [value] if isinstance(value, str) or hasattr(value, "name") else list(value):
+            out.append(_DeclaredQueue(item) if isinstance(item, str) else item)
+        return out
 
     # -- tasks ------------------------------------------------------------------------------
 
@@ -240,9 +279,9 @@ class Celery:
         if existing is not None and getattr(existing, "__wrapped__", None) is fun:
             return existing
         if options.get("serializer"):
-            from .config import _check_serializer
-
-            _check_serializer("serializer", options["serializer"])
+            check_serializer("serializer", options["serializer"])
+        for ignored in ("shared", "lazy"):
+            options.pop(ignored, None)
         base = base or self.Task
         attrs = {
             "app": self,
@@ -274,7 +313,8 @@ class Celery:
             self._register_job(task)
         return task
 
-    def _route(self, name: str, args: Any = (), kwargs: Any = None, options: Any = None, task: Any = None) -> dict[str, Any]:
+    def route(self, name: str, args: Any = (), kwargs: Any = None, options: Any = None, task: Any = None) -> dict[str, Any]:
+        """``task_routes`` for one call: ``{"queue": ..., "routing_key": ..., ...}`` or empty."""
         routes = self.conf.get("task_routes")
         if not routes:
             return {}
@@ -282,20 +322,24 @@ class Celery:
             if callable(router):
                 found = router(name, args, kwargs or {}, options or {}, task=task)
                 if found:
-                    return {"queue": found} if isinstance(found, str) else dict(found)
+                    return _route_dict(found)
                 continue
             for pattern, route in dict(router).items():
                 matched = pattern.match(name) if isinstance(pattern, re.Pattern) else fnmatch.fnmatchcase(name, pattern)
                 if matched:
-                    return {"queue": route} if isinstance(route, str) else dict(route)
+                    return _route_dict(route)
         return {}
 
+    _route = route
+
     def queue_for(self, task: Task) -> str:
-        return task.queue or self._route(task.name or "", task=task).get("queue") or self.conf.task_default_queue
+        return (
+            queue_name(self, task.queue)
+            or queue_name(self, self.route(task.name or "", task=task).get("queue"))
+            or self.conf.task_default_queue
+        )
 
     def _register_job(self, task: Task) -> None:
-        from ..execution import make_entry
-
         if task.name in self.runner.jobs:
             return
         priority = task.priority if task.priority is not None else (self.conf.get("task_default_priority") or 0)
@@ -322,10 +366,11 @@ class Celery:
         return job
 
     def finalize(self, auto: bool = False) -> None:
-        with _lock:
+        with _state.lock:
             if self._finalized:
                 return
             self._finalized = True
+            self._configure()
             for module in [*self.include, *self.conf.get("include", ()), *self.conf.get("imports", ())]:
                 importlib.import_module(module)
             for packages, related in self._autodiscover:
@@ -333,6 +378,8 @@ class Celery:
             for task in list(self.tasks.values()):
                 self._register_job(task)
             self.runner.default_queue = self.conf.task_default_queue
+            self.runner.job(_save_group, name=SAVE_GROUP, queue=self.conf.task_default_queue)
+            self.on_after_finalize.send(sender=self)
             self._apply_beat()
             self.runner.serve_defaults = self.serve_defaults()  # type: ignore[attr-defined]
 
@@ -364,6 +411,29 @@ class Celery:
 
     # -- beat -----------------------------------------------------------------------------------
 
+    def add_periodic_task(
+        self, schedule: Any, sig: Any, args: Any = (), kwargs: Any = (), name: str | None = None, **opts: Any
+    ) -> str:
+        """Celery's ``add_periodic_task`` (as its docs use it from ``on_after_configure``): a
+        ``beat_schedule`` entry named ``name`` (or the signature's repr)."""
+        kwargs = dict(kwargs) if kwargs else {}
+        if isinstance(sig, Signature):
+            sig = sig.clone(args, kwargs)
+        else:
+            sig = signature(sig.name if hasattr(sig, "name") else str(sig), tuple(args or ()), kwargs, app=self)
+        key = name or repr(sig)
+        entry = {
+            "schedule": schedule,
+            "task": sig.task,
+            "args": sig.args,
+            "kwargs": sig.kwargs,
+            "options": {**sig.options, **opts},
+        }
+        self.conf.beat_schedule[key] = entry
+        if self._finalized:
+            self._apply_beat()
+        return key
+
     def beat_entries(self) -> list[tuple[str, str, Any, tuple[Any, ...], dict[str, Any], dict[str, Any]]]:
         """``beat_schedule`` as data: (name, task name, schedule, args, kwargs, options)."""
         entries = []
@@ -381,8 +451,6 @@ class Celery:
         return entries
 
     def _apply_beat(self) -> None:
-        from ..schedules import to_runner
-
         tz = self.conf.get("timezone") or "UTC"
         for name, task_name, schedule, args, kwargs, options in self.beat_entries():
             if any(p.name == name for p in self.runner.schedules):
@@ -392,7 +460,11 @@ class Celery:
                 raise NotRegistered(f"beat_schedule entry {name!r} names task {task_name!r}, which is not registered")
             task.check_arguments(args, kwargs)
             job_options = {k: v for k, v in options.items() if k in ("queue", "priority", "expires")}
-            self.runner.periodic(name=name, args=args, kwargs=kwargs, tz=str(tz), **to_runner(schedule), **job_options)(task._job)
+            if "queue" in job_options:
+                job_options["queue"] = queue_name(self, job_options["queue"])
+            self.runner.periodic(name=name, args=args, kwargs=kwargs, tz=str(tz), **to_runner(schedule), **job_options)(
+                self.job_for(task)
+            )
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -406,71 +478,14 @@ class Celery:
             raise NotRegistered(name)
         return task.apply_async(args, kwargs, **options)
 
-    def _prepare(
-        self, task: Task, args: Any, kwargs: Any, *, task_id: str | None, link: Any, link_error: Any, options: dict[str, Any]
-    ) -> Envelope:
-        from ..canvas import callback_specs, child_specs
-        from ..execution import current_request
-
-        job = self.job_for(task)
-        options = dict(options)
-        for key in ("serializer", "compression"):
-            value = options.pop(key, None)
-            if key == "serializer" and value:
-                from .config import _check_serializer
-
-                _check_serializer("serializer", value)
-        celery_meta: dict[str, Any] = dict(options.pop("_celery_meta", None) or {})
-        headers = dict(options.pop("headers", None) or {})
-        queue = options.pop("queue", None) or self._route(task.name or "", args, kwargs, options, task).get("queue") or job.queue
-        run_options: dict[str, Any] = {"queue": queue}
-        if options.get("priority") is not None:
-            run_options["priority"] = int(options["priority"])
-        if options.get("countdown") is not None:
-            run_options["countdown"] = float(options["countdown"])
-        eta = options.get("eta")
-        if eta is not None:
-            eta = _aware(eta) if isinstance(eta, datetime) else eta
-            run_options["eta"] = eta
-            celery_meta["eta"] = eta.isoformat() if isinstance(eta, datetime) else eta
-        expires = options.get("expires", task.expires)
-        if expires is not None:
-            run_options["expires"] = _aware(expires) if isinstance(expires, datetime) else expires
-        if task_id:
-            run_options["key"] = str(task_id)
-            celery_meta["id"] = str(task_id)
-        for key in ("soft_time_limit", "time_limit", "ignore_result"):
-            if options.get(key) is not None:
-                celery_meta[key] = options[key]
-        if options.get("time_limit") is not None:  # per call: the supervisor enforces it
-            run_options["hard_timeout"] = _seconds(options["time_limit"])
-        parent = current_request()
-        if parent is not None and parent.job_id is not None:
-            run_options["parent_id"] = parent.job_id
-            run_options["root_id"] = (parent.runner_ctx.root_id if parent.runner_ctx is not None else None) or parent.job_id
-        meta: dict[str, Any] = {"celery": celery_meta}
-        if headers:
-            celery_meta["headers"] = headers
-        success = callback_specs(self, link, errback=False)
-        failure = callback_specs(self, link_error, errback=True)
-        if success:
-            run_options["on_success"] = child_specs(success)
-        if failure:
-            run_options["on_failure"] = child_specs(failure)
-        run_options["meta"] = meta
-        envelope = job.options(**run_options).call(*(args or ()), **(kwargs or {})).envelope(time.time())
-        signals.before_task_publish.send(
-            sender=task.name, body=(list(args or ()), dict(kwargs or {}), {}), exchange="", routing_key=queue,
-            headers=celery_meta.setdefault("headers", headers), properties={}, declare=[], retry_policy=None,
-        )  # fmt: skip
-        if not celery_meta["headers"]:
-            del celery_meta["headers"]
-        return envelope
-
-    def _result(self, task: Task, job_id: int, task_id: str | None) -> Any:
-        from ..result import AsyncResult
-
-        return AsyncResult(task_id or str(job_id), app=self, task_name=task.name, job_id=job_id)
+    def _signature_of(
+        self, task: Task, args: Any, kwargs: Any, task_id: Any, link: Any, link_error: Any, options: Any
+    ) -> tuple[Signature, dict[str, Any]]:
+        call_options = dict(options or {})
+        for key, value in (("task_id", task_id), ("link", link), ("link_error", link_error)):
+            if value is not None:
+                call_options[key] = value
+        return Signature(task, tuple(args or ()), dict(kwargs or {}), app=self), call_options
 
     def send_task_object(
         self,
@@ -483,18 +498,9 @@ class Celery:
         link_error: Any = None,
         options: dict[str, Any] | None = None,
     ) -> Any:
-        from ..producer import call_sync
-
-        envelope = self._prepare(task, args, kwargs, task_id=task_id, link=link, link_error=link_error, options=options or {})
-        (job_id,) = call_sync(self.runner_app, self.enqueue_async, [envelope])
-        signals.after_task_publish.send(
-            sender=task.name,
-            body=(envelope.args, envelope.kwargs, {}),
-            exchange="",
-            routing_key=envelope.queue,
-            headers={"id": task_id or str(job_id), "task": task.name},
-        )
-        return self._result(task, job_id, task_id)
+        """Enqueue one task call (``apply_async``); its ``AsyncResult``."""
+        sig, call_options = self._signature_of(task, args, kwargs, task_id, link, link_error, options)
+        return send_canvas(self, sig, call_options)
 
     async def send_task_object_async(
         self,
@@ -507,36 +513,79 @@ class Celery:
         link_error: Any = None,
         options: dict[str, Any] | None = None,
     ) -> Any:
-        envelope = self._prepare(task, args, kwargs, task_id=task_id, link=link, link_error=link_error, options=options or {})
+        sig, call_options = self._signature_of(task, args, kwargs, task_id, link, link_error, options)
         self._apply_broker()
-        (job_id,) = await self.enqueue_async([envelope])
-        signals.after_task_publish.send(
-            sender=task.name,
-            body=(envelope.args, envelope.kwargs, {}),
-            exchange="",
-            routing_key=envelope.queue,
-            headers={"id": task_id or str(job_id), "task": task.name},
-        )
-        return self._result(task, job_id, task_id)
+        return await send_canvas_async(self, sig, call_options)
+
+    def send_canvas(self, sig: Any, options: dict[str, Any]) -> Any:
+        """Enqueue a chain, group, chord (any nesting) as one workflow; its result."""
+        return send_canvas(self, sig, options)
+
+    def call_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return call_sync(self.runner_app, fn, *args)
 
     async def enqueue_async(self, envelopes: list[Envelope]) -> list[int]:
-        from ..producer import store_for
-
         store = await store_for(self.runner)
         return await store.enqueue(envelopes)
+
+    def apply_eager(self, task: Task, args: Any, kwargs: Any, **options: Any) -> Any:
+        return apply_eager(task, args, kwargs, **options)
+
+    # -- groups kept for restore() ----------------------------------------------------------------
+
+    def save_group(self, result: GroupResult) -> None:
+        """Keep a hand-built ``GroupResult`` (its members' ids) in a small job of its own."""
+        if not result.id:
+            raise ValueError("GroupResult.save(): the group has no id")
+        job = self.runner_app.jobs[SAVE_GROUP]
+        call = job.options(key=f"celery-group:{result.id}", queue=self.conf.task_default_queue).call(
+            [r.as_tuple() for r in result.results]
+        )
+        self.call_sync(self.enqueue_async, [call.envelope(0.0)])
+
+    def restore_group(self, group_id: str) -> GroupResult | None:
+        return self.call_sync(self._restore_group, str(group_id))
+
+    async def _restore_group(self, group_id: str) -> GroupResult | None:
+        store = await store_for(self.runner)
+        members = []
+        for row in await store.get_many(await store.group_members(group_id)):
+            celery = ((decode_json(row.meta) if row.meta else None) or {}).get("celery") or {}
+            if celery.get("group") == group_id and celery.get("group_index") is not None:
+                members.append(
+                    (int(celery["group_index"]), AsyncResult(celery["id"], app=self, task_name=row.name, job_id=row.id))
+                )
+        if members:
+            restored = GroupResult(group_id, [r for _i, r in sorted(members, key=lambda m: m[0])], app=self)
+            restored._native = True
+            return restored
+        saved = await store.get_by_key(f"celery-group:{group_id}")
+        if saved is None:
+            return None
+        (tuples,) = decode_json(saved.args)
+        return GroupResult(group_id, [result_from_tuple(t, app=self) for t in tuples], app=self)
 
     # -- worker process hooks ---------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def _worker_lifespan(self, info: WorkerInfo) -> AsyncIterator[None]:
-        from ..execution import send_async
-
         self.worker_info = info
-        await send_async(
-            signals.setup_logging, sender=None, loglevel=logging.getLogger().level, logfile=None, format=None, colorize=False
+        level = logging.getLogger().level
+        configured = await send_async(
+            signals.setup_logging, sender=None, loglevel=level, logfile=None, format=None, colorize=False
         )
+        if not configured:  # Celery sends these only when no setup_logging receiver took over
+            await send_async(
+                signals.after_setup_logger, sender=None, logger=logging.getLogger(), loglevel=level, logfile=None,
+                format=None, colorize=False,
+            )  # fmt: skip
+            await send_async(
+                signals.after_setup_task_logger, sender=None, logger=logging.getLogger("celery.task"), loglevel=level,
+                logfile=None, format=None, colorize=False,
+            )  # fmt: skip
         await send_async(signals.worker_init, sender=None)
         await send_async(signals.worker_process_init, sender=None)
+        await send_async(self.on_after_fork, sender=self)
         await send_async(signals.worker_ready, sender=None)
         try:
             yield
@@ -547,24 +596,20 @@ class Celery:
     # -- misc API --------------------------------------------------------------------------------
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> Any:
-        from ..result import AsyncResult
-
         return AsyncResult(task_id, app=self, **kwargs)
 
     def GroupResult(self, id: str | None = None, results: Any = None, **kwargs: Any) -> Any:
-        from ..result import GroupResult
-
         return GroupResult(id, results, app=self)
 
     def signature(self, *args: Any, **kwargs: Any) -> Any:
-        from ..canvas import signature
-
         kwargs.setdefault("app", self)
         return signature(*args, **kwargs)
 
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
     def set_current(self) -> None:
-        with _lock:
-            _current.append(self)
+        _state.set_current(self)
 
     def set_default(self) -> None:
         self.set_current()
@@ -577,3 +622,22 @@ class Celery:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _route_dict(route: Any) -> dict[str, Any]:
+    """A route as Celery accepts one: a queue name, a ``Queue``, or a dict of options."""
+    if isinstance(route, str) or (hasattr(route, "name") and not isinstance(route, dict)):
+        return {"queue": route}
+    return dict(route)
+
+
+async def _save_group(members: list[Any]) -> list[Any]:
+    """The row that keeps a saved ``GroupResult``: its argument is the list of members."""
+    return members
+
+
+def _default_app() -> Celery:
+    return Celery("default")
+
+
+_state.set_default_app_factory(_default_app)

@@ -9,14 +9,23 @@ in a ``ContextVar``, not on the instance.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import threading
 import time
 import traceback as tb
 from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 
+import anyio.from_thread
+
+import runner.compat.celery._state as _state
+
+from ..bridge import current_state
+from ..canvas import Signature, chunks, xmap, xstarmap
 from ..exceptions import MaxRetriesExceededError, Retry
+from ..result import AsyncResult
 
 __all__ = ["Context", "ExceptionInfo", "Task"]
 
@@ -137,13 +146,9 @@ class Task:
     # ``after_return``) must not share one session between concurrent tasks. Threads are
     # pooled, so a lazily created resource is reused by the next task on that thread.
     def __setattr__(self, name: str, value: Any) -> None:
-        from ..bridge import current_state
-
         if current_state() is not None and not name.startswith("__"):
             local = self.__dict__.get("_celery_thread_attrs")
             if local is None:
-                import threading
-
                 local = self.__dict__.setdefault("_celery_thread_attrs", threading.local())
             setattr(local, name, value)
             return
@@ -199,11 +204,14 @@ class Task:
         raise NotImplementedError("Tasks must define the run method.")
 
     def _get_app(self) -> Any:
-        if self.app is None:
-            from .base import get_current_app
+        return self.app if self.app is not None else _state.get_current_app()
 
-            return get_current_app()
-        return self.app
+    @property
+    def __name__(self) -> str:
+        """The task class's name, on instances too (Celery's ``Task.__name__``): the function's
+        name for a decorated task. Signal receivers and hooks log with it."""
+        cls: type = type(self)
+        return cls.__name__
 
     def check_arguments(self, args: Any, kwargs: Any) -> None:
         """Celery's ``typing``: arguments must bind to ``run``'s signature (TypeError if not)."""
@@ -272,9 +280,7 @@ class Task:
         **options: Any,
     ) -> Any:
         """Run now, in this process (eager); returns an ``EagerResult``. Retries run at once."""
-        from ..execution import apply_eager
-
-        return apply_eager(
+        return self._get_app().apply_eager(
             self,
             tuple(args or ()),
             dict(kwargs or {}),
@@ -289,8 +295,6 @@ class Task:
     # -- canvas -------------------------------------------------------------------------------
 
     def signature(self, args: Any = None, *starargs: Any, **starkwargs: Any) -> Any:
-        from ..canvas import Signature
-
         starkwargs.setdefault("app", self.app)
         return Signature(self, args, *starargs, **starkwargs)
 
@@ -303,25 +307,46 @@ class Task:
         return self.signature(args, kwargs, immutable=True)
 
     def chunks(self, it: Any, n: int) -> Any:
-        raise NotImplementedError("chunks are not supported by the runner shim; use group(...)")
+        """The items of ``it`` in chunks of ``n``: one task per chunk, run as a group."""
+        return chunks(self.s(), it, n, app=self.app)
 
     def map(self, it: Any) -> Any:
-        raise NotImplementedError("map/starmap are not supported by the runner shim; use group(...)")
+        """One task that calls this one for each item of ``it``; returns the list of results."""
+        return xmap(self.s(), it, app=self.app)
 
-    starmap = map
+    def starmap(self, it: Any) -> Any:
+        """``map`` with each item unpacked as the arguments."""
+        return xstarmap(self.s(), it, app=self.app)
+
+    def replace(self, sig: Any) -> Any:
+        """Celery's ``Task.replace`` is not supported: it would move this task's place in its
+        workflow (what waits for it) to another canvas while it runs."""
+        raise NotImplementedError(
+            f"{self.name}: Task.replace() is not supported by the runner shim; return the value instead, or send the "
+            "other canvas with a link= to what should follow"
+        )
 
     # -- results ------------------------------------------------------------------------------
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> Any:
-        from ..result import AsyncResult
-
         return AsyncResult(task_id, app=self._get_app(), task_name=self.name)
 
     def update_state(self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kwargs: Any) -> None:
         """Record a custom state (``"PROGRESS"``) and JSON meta, readable via ``AsyncResult``."""
-        from ..execution import update_state
-
-        update_state(self, task_id, state, meta)
+        request = self.request
+        if task_id is not None and task_id != request.id:
+            raise NotImplementedError("update_state(task_id=...) for another task is not supported by the runner shim")
+        if request.runner_ctx is None:  # eager or called directly: kept on the request
+            request.custom_state = (state, meta)
+            return
+        value = {**request.progress, "state": state, "meta": meta}
+        request.progress = value
+        ctx = request.runner_ctx
+        if current_state() is not None:  # a sync task's thread
+            anyio.from_thread.run(ctx.progress, value)
+            return
+        pending = asyncio.get_running_loop().create_task(ctx.progress(value))
+        request.state.pending.append(pending)
 
     def send_event(self, type_: str, retry: bool = True, retry_policy: Any = None, **fields: Any) -> None:
         """Events are not emitted by runner (no event stream); accepted and ignored."""
@@ -360,8 +385,8 @@ class Task:
             when: Any = eta
             delay = max(0.0, eta.timestamp() - time.time())
         else:
-            delay = float(self.default_retry_delay if countdown is None else countdown)
-            when = delay
+            when = self.default_retry_delay if countdown is None else countdown  # as given, like Celery's
+            delay = float(when)
         ret = Retry(exc=exc, when=when, is_eager=request.is_eager)
         ret.delay = delay  # type: ignore[attr-defined]
         ret.new_args = None if args is None else list(args)  # type: ignore[attr-defined]
