@@ -59,12 +59,24 @@ log = logging.getLogger("runner.jobs")
 MAX_TRACEBACK = 16_000  # characters of traceback kept per attempt
 
 
+def new_scope() -> anyio.CancelScope:
+    """A fresh cancel scope of the running backend's own type: ``anyio.CancelScope()`` looks the
+    backend up on every call, a microsecond per job on the hot path."""
+    global _SCOPE_TYPE
+    if _SCOPE_TYPE is None:
+        _SCOPE_TYPE = type(anyio.CancelScope())
+    return _SCOPE_TYPE()
+
+
+_SCOPE_TYPE: type[anyio.CancelScope] | None = None
+
+
 @dataclass
 class Running:
     """An attempt in flight: what the worker needs to cancel it or report it."""
 
     attempt: Attempt
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    scope: anyio.CancelScope = field(default_factory=new_scope)
     stop_reason: str | None = None  # "cancelled", "timeout" or "lease lost" once asked to stop
     thread_id: int | None = None  # sync jobs: the thread to interrupt
     started: float = field(default_factory=time.monotonic)

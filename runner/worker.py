@@ -353,7 +353,7 @@ class Worker:
     async def _idle(self) -> None:
         """Sleep until poked (NOTIFY, a change to the SQLite file, a slot freed), the earliest
         delayed job is due, or the poll interval passes."""
-        timeout = self.settings.poll_interval
+        timeout = self.driver.idle_poll(self.settings.poll_interval)
         try:
             due = await self.driver.next_run_at(self.queues)
         except Exception:

@@ -227,12 +227,22 @@ class Driver(ABC):
 
     @abstractmethod
     async def next_run_at(self, queues: Sequence[str]) -> float | None:
-        """The earliest ``run_at`` of a queued job in these queues (delayed jobs, retries)."""
+        """When an idle worker should claim again though nothing woke it: the earliest future
+        ``run_at`` here (delayed jobs, retries), or soon if runnable jobs were held back by a
+        limit. Never a time in the past: runnable jobs the claim skipped (a paused queue, a
+        saturated key) would otherwise make the worker claim in a tight loop."""
 
     @abstractmethod
     async def watch(self, on_change: Callable[[], None]) -> None:
         """Call ``on_change`` soon after new work may have arrived, until cancelled. PostgreSQL:
-        LISTEN/NOTIFY. SQLite: a cheap check of the database file between polls."""
+        LISTEN/NOTIFY. SQLite: a cheap check of the database file when the kernel says it was
+        written (inotify), or between polls where it cannot."""
+
+    def idle_poll(self, poll_interval: float) -> float:
+        """How long an idle worker may sleep with no wake-up from ``watch``: the configured poll
+        interval, unless the driver's watch sees every commit (then a poll finds nothing the
+        watch did not, and a longer sleep saves an idle host's queries)."""
+        return poll_interval
 
     # -- workers --------------------------------------------------------------------------------
 

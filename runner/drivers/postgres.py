@@ -200,10 +200,16 @@ _CLAIM_PLAIN_MANY: Final = f"""
 """
 KEYED_FOR: Final = 5.0  # seconds a driver keeps claiming through the function once it met keys
 
-_RENEW: Final = """
+# The guard of writes to rows a worker holds, by id: written so the planner cannot answer it
+# from the partial index of running rows. That index fills with dead entries between vacuums,
+# and on stale statistics (few running rows) the planner would scan all of them once per
+# statement instead of looking each id up by primary key (measured: 360 ms for a finish of
+# 339 outcomes after one 20,000-job drain, against 0.7 ms).
+_IS_RUNNING: Final = "(j.state = 'running') IS TRUE"
+_RENEW: Final = f"""
     UPDATE runner_jobs AS j SET lease_expires_at = $3
     FROM unnest($1::bigint[], $2::bigint[]) AS h(id, token)
-    WHERE j.id = h.id AND j.lease_token = h.token AND j.state = 'running'
+    WHERE j.id = h.id AND j.lease_token = h.token AND {_IS_RUNNING}
     RETURNING j.id
 """
 _HELD_BY: Final = f"SELECT {_COLUMNS} FROM runner_jobs WHERE state = 'running' AND lease_owner = $1"
@@ -233,12 +239,12 @@ _FINISH: Final = f"""
         $1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::float8[],
         $8::integer[], $9::integer[], $10::text[], $11::text[], $12::text[]
     ) AS v(id, token, state, result, error, run_at, finished_at, attempt, lost, args, kwargs, record)
-    WHERE j.id = v.id AND j.lease_token = v.token AND j.state = 'running'
+    WHERE j.id = v.id AND j.lease_token = v.token AND {_IS_RUNNING}
     RETURNING j.id, j.has_dependants
 """
 # Jobs that nothing waits for, in autocommit: a row with dependants is written (with its
 # release) in a transaction instead.
-_FINISH_FAST: Final = _FINISH.replace("AND j.state = 'running'", "AND j.state = 'running' AND j.has_dependants = 0")
+_FINISH_FAST: Final = _FINISH.replace(f"AND {_IS_RUNNING}", f"AND {_IS_RUNNING} AND j.has_dependants = 0")
 # One outcome (the exactly-once path: one per job transaction): plain parameters, no arrays.
 _FINISH_ONE: Final = _FINISH.replace(
     """FROM unnest(
@@ -294,7 +300,9 @@ _NEXT_IDS: Final = text("SELECT array_agg(nextval('runner_jobs_id_seq'::regclass
 _COPY_COLUMNS: Final = ("id", *INSERT_COLUMNS)
 
 _REQUEST_CANCEL: Final = text("UPDATE runner_jobs SET cancel_requested = 1 WHERE id = :id AND state = 'running'")
-_CANCEL_REQUESTS: Final = "SELECT id FROM runner_jobs WHERE id = ANY($1::bigint[]) AND state = 'running' AND cancel_requested = 1"
+_CANCEL_REQUESTS: Final = (
+    "SELECT id FROM runner_jobs AS j WHERE id = ANY($1::bigint[]) AND " + _IS_RUNNING + " AND cancel_requested = 1"
+)
 _PROGRESS: Final = text(
     "UPDATE runner_jobs SET progress = :progress WHERE id = :id AND lease_token = :token AND state = 'running'"
 )
@@ -450,6 +458,12 @@ class PostgresDriver(SQLDriver):
     ) -> None:
         await super()._release(conn, parents, now, only)
         await conn.execute(text("SELECT pg_notify('runner_jobs', '')"))  # delivered at commit
+
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        await super().set_paused(queue, paused)
+        if not paused:  # idle workers on every host claim from it at once, not at their next poll
+            async with self._auto.connect() as conn:
+                await conn.execute(text("SELECT pg_notify('runner_jobs', '')"))
 
     async def set_progress(self, job_id: int, token: int, progress: str) -> bool:
         async with self._auto.connect() as conn:

@@ -102,9 +102,18 @@ _HAS_WORK = text("SELECT 1 FROM runner_jobs WHERE state = 'queued' AND queue IN 
 _HAS_RUNNING = text("SELECT 1 FROM runner_jobs WHERE state = 'running' AND queue IN :queues LIMIT 1").bindparams(
     bindparam("queues", expanding=True)
 )
-_NEXT_RUN_AT = text("SELECT min(run_at) FROM runner_jobs WHERE state = 'queued' AND queue IN :queues").bindparams(
-    bindparam("queues", expanding=True)
-)
+# The earliest future run_at, and whether jobs are runnable now in an unpaused queue yet were not
+# claimed: held back by a concurrency or rate limit, which a finish or the next window lifts.
+_NEXT_RUN_AT = text(
+    """
+    SELECT (SELECT min(run_at) FROM runner_jobs WHERE state = 'queued' AND queue IN :queues AND run_at > :now),
+           EXISTS (SELECT 1 FROM runner_jobs WHERE state = 'queued' AND queue IN :queues AND run_at <= :now
+                   AND queue NOT IN (SELECT queue FROM runner_queues WHERE paused = 1))
+    """
+).bindparams(bindparam("queues", expanding=True))
+# How soon an idle worker looks again at jobs held back by a limit (not by a pause: resuming wakes
+# workers). Fine enough for rate windows; a finish on this host wakes it sooner.
+HELD_BACK_RECHECK: Final = 0.05
 _SCHEMA_VERSION = text("SELECT value FROM runner_meta WHERE name = 'schema_version'")
 _SET_VERSION = text(
     "INSERT INTO runner_meta (name, value) VALUES ('schema_version', :v) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
@@ -331,9 +340,13 @@ class SQLDriver(Driver):
             return (await conn.execute(_HAS_RUNNING, {"queues": list(queues)})).first() is not None
 
     async def next_run_at(self, queues: Sequence[str]) -> float | None:
+        now = time.time()
         async with self._auto.connect() as conn:
-            value = (await conn.execute(_NEXT_RUN_AT, {"queues": list(queues)})).scalar()
-        return float(value) if isinstance(value, (int, float)) else None
+            future, held_back = (await conn.execute(_NEXT_RUN_AT, {"queues": list(queues), "now": now})).one()
+        due = float(future) if isinstance(future, (int, float)) and future == future else None
+        if held_back:
+            due = min(due, now + HELD_BACK_RECHECK) if due is not None else now + HELD_BACK_RECHECK
+        return due
 
     # -- complete -------------------------------------------------------------------------------
 

@@ -204,3 +204,32 @@ def test_any_chained_jobs_end_in_an_outcome_that_can_be_written(job: tuple[str, 
     bug this found: a malformed spec raised out of the executor and took the worker down, or built
     a child whose INSERT failed and held the worker's outcome writer in a retry loop for good.)"""
     _attempt(*job, "{}", None, msgspec.json.encode(callbacks).decode())
+
+
+@given(st.dictionaries(st.sampled_from(CLAIM_COLUMNS), ANY_COLUMN, max_size=6), st.booleans())
+@settings(max_examples=1500, deadline=None)
+def test_the_common_row_shortcut_agrees_with_the_validating_decoder(columns: dict[str, object], as_bytes: bool) -> None:
+    """decode_row takes a shortcut for common rows; whatever it accepts, the validating decoder
+    accepts with the same value (and it may decline anything)."""
+    from runner.rows import _attempt, _common_attempt
+
+    base = dict(zip(CLAIM_COLUMNS, _row("tests.apps.basic.add", "[1, 2]", "{}", None)))
+    base.update(columns)
+    if as_bytes:  # as SQLite hands text over
+        base = {c: v.encode("utf-8", "surrogatepass") if isinstance(v, str) else v for c, v in base.items()}
+    raw = tuple(base[c] for c in CLAIM_COLUMNS)
+    try:
+        fast = _common_attempt(raw, 1 << 20)
+    except Exception:
+        fast = None
+    if fast is not None:
+        assert fast == _attempt(dict(zip(CLAIM_COLUMNS, raw)), 1 << 20)
+
+
+def test_the_common_row_takes_the_shortcut() -> None:
+    from runner.rows import _common_attempt
+
+    raw = _row("tests.apps.basic.add", "[1, 2]", "{}", None)
+    assert _common_attempt(raw, 1 << 20) is not None
+    as_bytes = tuple(v.encode() if isinstance(v, str) else v for v in raw)
+    assert _common_attempt(as_bytes, 1 << 20) == _common_attempt(raw, 1 << 20)
