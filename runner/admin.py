@@ -47,8 +47,8 @@ def add_admin_commands(sub: Any, common: Callable[[argparse.ArgumentParser], Non
     common(listing)
     listing.add_argument("--state", choices=State.ALL)
     listing.add_argument("--queue")
-    listing.add_argument("--name")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--name", help="a word found anywhere in the name (typed finds jobs.users.typed), or a glob")
+    listing.add_argument("--limit", type=_limit, default=50, help="rows shown, 1 to 10,000 (default: 50)")
     listing.add_argument("--json", action="store_true")
     show = jobs_sub.add_parser("show", help="one job: arguments, attempts, error with traceback, timings")
     common(show)
@@ -70,6 +70,16 @@ def add_admin_commands(sub: Any, common: Callable[[argparse.ArgumentParser], Non
     common(names)
 
 
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; accepted: 1 to 10,000") from None
+    if not 1 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; accepted: 1 to 10,000")
+    return value
+
+
 def parse_age(text: str) -> float:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
     if not match:
@@ -83,8 +93,13 @@ def run_admin(ns: argparse.Namespace, settings: Settings) -> int:
         from .loader import load_app
 
         app = load_app(settings.app)
-        for name, job in sorted(app.jobs.items()):
-            print(f"{name}  queue={job.queue} retries={job.max_attempts - 1}")
+        _table(
+            ["name", "queue", "retries", "signature"],
+            [
+                [name, job.queue, str(job.max_attempts - 1), str(job.signature).replace("'", "")]
+                for name, job in sorted(app.jobs.items())
+            ],
+        )
         return 0
     return anyio.run(_run, ns, settings)
 
@@ -101,8 +116,13 @@ async def _run(ns: argparse.Namespace, settings: Settings) -> int:
             return await _queues(driver, ns)
         action = ns.jobs_command
         if action == "list":
-            rows = await admin.list_jobs(JobFilter(state=ns.state, queue=ns.queue, name=ns.name), limit=ns.limit)
-            _print_rows(rows, ns.json)
+            rows = await admin.list_jobs(JobFilter(state=ns.state, queue=ns.queue, name=ns.name), limit=ns.limit + 1)
+            _print_rows(rows[: ns.limit], ns.json)
+            if len(rows) > ns.limit and not ns.json:
+                print(
+                    f"(more rows: showing the newest {ns.limit}; raise --limit or filter by --state/--queue/--name)",
+                    file=sys.stderr,
+                )
         elif action == "show":
             row = await store.get(ns.id)
             if row is None:
@@ -212,8 +232,15 @@ _COUNTED = ("waiting", "queued", "scheduled", "running", "failed", "cancelled", 
 async def _retry(admin: Driver, ns: argparse.Namespace) -> int:
     if ns.id is not None:
         ok = await admin.retry_one(ns.id)
-        print(f"job {ns.id} re-queued" if ok else f"job {ns.id} is not failed, cancelled or expired")
-        return 0 if ok else 1
+        if ok:
+            print(f"job {ns.id} re-queued")
+            return 0
+        row = await admin.get(ns.id)
+        if row is None:
+            print(f"job {ns.id} does not exist (never enqueued, or purged after --result-ttl)", file=sys.stderr)
+        else:
+            print(f"job {ns.id} is {row.state}; only failed, cancelled or expired jobs can be retried", file=sys.stderr)
+        return 1
     if ns.state is None:
         raise ConfigError("runner jobs retry: give a job ID or --state failed|cancelled|expired")
     total = 0
@@ -232,7 +259,21 @@ def _table(header: list[str], rows: list[list[str]]) -> None:
 
 
 def _when(ts: float | None) -> str:
-    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    """UTC, marked so: a table read on another host or in a bug report means the same instant."""
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ts))
+
+
+def _error_line(row: JobRow) -> str:
+    if not row.error:
+        return ""
+    try:
+        error = decode_json(row.error)
+    except Exception:
+        return str(row.error).splitlines()[0][:80] if str(row.error).strip() else ""
+    if isinstance(error, dict):
+        message = (str(error.get("message", "")).splitlines() or [""])[0]
+        return f"{error.get('type', '?')}: {message}"[:80]
+    return str(error)[:80]
 
 
 def _as_dict(row: JobRow) -> dict[str, Any]:
@@ -250,8 +291,11 @@ def _print_rows(rows: list[JobRow], as_json: bool) -> None:
         print(json.dumps([_as_dict(r) for r in rows]))
         return
     _table(
-        ["id", "name", "queue", "state", "attempt", "created", "finished"],
-        [[str(r.id), r.name, r.queue, r.state, str(r.attempt), _when(r.created_at), _when(r.finished_at)] for r in rows],
+        ["id", "name", "queue", "state", "attempt", "created (UTC)", "finished (UTC)", "error"],
+        [
+            [str(r.id), r.name, r.queue, r.state, str(r.attempt), _when(r.created_at), _when(r.finished_at), _error_line(r)]
+            for r in rows
+        ],
     )
 
 

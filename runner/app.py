@@ -27,6 +27,7 @@ from .errors import ArgumentsError, ConfigError, UnknownJob
 from .gc_pause import paused_gc
 from .limits import ConcurrencyLimit, RateLimit, compute_key
 from .policy import INT32_MAX, Backoff, Policy
+from .round_trip import check_round_trip
 from .schedules import Cron, Every, Missed, parse_schedule
 from .settings import check_url
 from .wire import Callbacks, ChildSpec, Envelope
@@ -171,6 +172,8 @@ class Call:
         job, opts = self.job, self.options
         check_arguments = check_arguments and not (opts.depends_on and opts.with_results)  # results come first, later
         bound = job.bind(self.args, self.kwargs) if check_arguments or job.keyed else None
+        if check_arguments and job.faithful_arguments:
+            check_round_trip(job.name, self.args, self.kwargs, job.bind)
         run_at = None
         if opts.eta is not None:
             run_at = _instant("eta", opts.eta)
@@ -291,6 +294,9 @@ class JobDef(Generic[P, R]):
         self.concurrency = concurrency
         self.rate = rate
         self.keyed = callable(getattr(concurrency, "key", None)) or callable(getattr(rate, "key", None))
+        # Refuse arguments that JSON would change on the way (round_trip.py). The Celery shim turns
+        # it off: Celery projects pass datetimes to unannotated tasks and expect what kombu gives.
+        self.faithful_arguments = True
         self.fn = fn
         self.name = name
         self.queue = queue
@@ -367,7 +373,7 @@ class JobDef(Generic[P, R]):
             raise ArgumentsError(f"arguments do not match {self.name}{self.signature}: {exc}") from None
         if self._types is not None:
             try:
-                converted: Any = msgspec.convert(bound.arguments, self._types)
+                converted: Any = msgspec.convert(bound.arguments, self._types, str_keys=True)
             except msgspec.ValidationError as exc:
                 raise ArgumentsError(f"arguments do not match {self.name}{self.signature}: {exc}") from None
             for pname in bound.arguments:

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from .errors import ConfigError, RunnerError
 from .settings import Settings
@@ -106,17 +110,51 @@ def _settings(ns: argparse.Namespace, app: Any = None) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ns = _parser().parse_args(argv)
+    parser = _parser()
+    ns, extra = parser.parse_known_args(argv)
+    if extra:  # argparse would blame the top-level command; the subcommand's usage helps more
+        _chosen(parser, ns).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return _dispatch(ns)
     except ConfigError as exc:
         print(f"runner: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, DBAPIError) as exc:
+        if isinstance(exc, OSError) and ns.command in ("serve", "dashboard"):
+            raise  # a port in use, a file of the app's: not the queue database
+        print(f"runner: {_unreachable(ns, exc)}", file=sys.stderr)
         return 2
     except RunnerError as exc:
         print(f"runner: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _chosen(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost subcommand's parser that ``ns`` came from (``runner jobs list``'s, say)."""
+    while True:
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(ns, actions[0].dest, None) if actions else None
+        if not actions or name not in actions[0].choices:
+            return parser
+        parser = actions[0].choices[name]
+
+
+def _unreachable(ns: argparse.Namespace, exc: BaseException) -> str:
+    """One line for a database that cannot be reached or opened: which URL (password hidden) and
+    what the database or the operating system said, instead of the driver's traceback."""
+    url = getattr(ns, "broker", None) or os.environ.get("RUNNER_BROKER") or os.environ.get("RUNNER_BROKER_URL")
+    shown = "the default sqlite:///runner.db"
+    if url:
+        try:
+            shown = make_url(url).render_as_string(hide_password=True)
+        except Exception:
+            shown = "the configured URL"
+    reason = getattr(exc, "orig", None) or exc
+    text = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+    kind = type(reason).__name__
+    return f"cannot use the queue database {shown}: " + (text if kind == "Error" else f"{kind}: {text}")
 
 
 def _dispatch(ns: argparse.Namespace) -> int:
@@ -160,6 +198,25 @@ def _migrate(settings: Settings) -> int:
     return 0
 
 
+def _warn_if_unserved(app: Any, queue: str) -> None:
+    """Say so when no live worker serves the queue a job was just put on: it would sit there."""
+    import time
+
+    async def serving() -> set[str] | None:
+        try:
+            workers = await (await app.client.driver()).workers(time.time() - 60)
+        except Exception:
+            return None  # the warning is a courtesy; the job is enqueued either way
+        return {q for w in workers for q in w.queues.split(",")}
+
+    served = app.client.run_sync(serving)
+    if served is not None and queue not in served:
+        listed = ", ".join(sorted(served)) if served else "none: no worker is running"
+        print(
+            f"runner: warning: no live worker serves queue {queue!r} (served now: {listed}); the job waits there", file=sys.stderr
+        )
+
+
 def _enqueue(ns: argparse.Namespace, settings: Settings) -> int:
     from .loader import load_app
 
@@ -176,6 +233,7 @@ def _enqueue(ns: argparse.Namespace, settings: Settings) -> int:
     options = {k: getattr(ns, k) for k in ("queue", "priority", "countdown", "key") if getattr(ns, k) is not None}
     handle = job.options(**options).defer(*args, **kwargs)
     print(handle.id)
+    _warn_if_unserved(app, ns.queue or job.queue)
     if ns.wait is not None:
         print(json.dumps(handle.wait(ns.wait)))
     app.client.close()

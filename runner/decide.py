@@ -284,8 +284,10 @@ def _retry_requested(item: Attempt, policy: Policy, event: RetryRequested, now: 
     limit = item.max_attempts or policy.max_attempts
     if item.attempt >= limit:
         reason = event.error.message
+        # Retry() without a reason says "retry requested" already: do not say it twice.
+        said = "" if reason in ("", "retry requested") else f"{reason}: "
         message = (
-            f"{reason}: retry requested, but no attempts were left (attempt {item.attempt} of {limit}; "
+            f"{said}retry requested, but no attempts were left (attempt {item.attempt} of {limit}; "
             "raise the job's retries=, or max_attempts= per call)"
         )
         return _failed_for_good(item, policy, msgspec.structs.replace(event.error, message=message), now)

@@ -10,7 +10,11 @@ from typing import Any
 from .app import App
 from .errors import ConfigError
 
-__all__ = ["load_app"]
+__all__ = ["DEFAULT_APP", "load_app"]
+
+# The example app of the source tree; not installed by the wheel, so it never shadows a user's own
+# top-level `jobs` package. Found from a clone because the current directory is on the path.
+DEFAULT_APP = "jobs"
 
 
 def load_app(spec: str) -> App:
@@ -25,6 +29,12 @@ def load_app(spec: str) -> App:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
+            if spec == DEFAULT_APP:
+                raise ConfigError(
+                    f"no app to serve: none was named (-A MODULE[:ATTR] or RUNNER_APP), and the default, {DEFAULT_APP!r} "
+                    f"(runner's example app, in its source tree), is not in {os.getcwd()}; "
+                    "name yours, e.g. runner serve -A myproject.tasks"
+                ) from None
             raise ConfigError(
                 f"--app {spec!r}: no module named {exc.name!r} (is it on PYTHONPATH / in the current directory?)"
             ) from None

@@ -27,6 +27,14 @@ def serve(app: App, settings: Settings) -> int:
         "serving app=%s broker=%s workers=%d concurrency=%d%s",
         settings.app, _redact(settings.broker), settings.workers, settings.concurrency, " burst" if settings.burst else "",
     )  # fmt: skip
+    if settings.queues:
+        routed = set(app.queues())
+        for queue in settings.queues:
+            if queue not in routed:
+                log.warning(
+                    "serving queue %r, but no job of app %s is routed to it (its jobs' queues: %s); a typo?",
+                    queue, settings.app, ", ".join(sorted(routed)) or "none",
+                )  # fmt: skip
     supervisor = Supervisor(
         settings.workers,
         entry,

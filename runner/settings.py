@@ -53,11 +53,38 @@ def async_url(url: str) -> str:
     return ("sqlite+aiosqlite://" if backend_of(url) == "sqlite" else "postgresql+asyncpg://") + rest
 
 
-def _positive_int(value: str | int) -> int:
-    number = int(value)
-    if number < 1:
-        raise ValueError("must be 1 or more")
-    return number
+def _int_in(low: int, high: int) -> Callable[[str | int], int]:
+    """An integer flag with its range, checked when the flag is read: the message names both."""
+
+    def cast(value: str | int) -> int:
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"accepted: a whole number from {low:,} to {high:,}") from None
+        if not low <= number <= high:
+            raise ValueError(f"out of range; accepted: a whole number from {low:,} to {high:,}")
+        return number
+
+    return cast
+
+
+def _float_in(low: float, high: float, *, above: bool = False) -> Callable[[str | float], float]:
+    """Seconds (or another float) with its range; ``above``: the low end itself is excluded."""
+    words = f"{'more than' if above else 'at least'} {low:g} and at most {high:g}"
+
+    def cast(value: str | float) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"accepted: a number {words}") from None
+        if not (low < number if above else low <= number) or not number <= high:
+            raise ValueError(f"out of range; accepted: a number {words}")
+        return number
+
+    return cast
+
+
+_positive_int = _int_in(1, 2**31 - 1)
 
 
 def _optional_positive_int(value: str | int | None) -> int | None:
@@ -66,11 +93,7 @@ def _optional_positive_int(value: str | int | None) -> int | None:
     return _positive_int(value)
 
 
-def _positive_float(value: str | float) -> float:
-    number = float(value)
-    if not number > 0:
-        raise ValueError("must be greater than 0")
-    return number
+_positive_float = _float_in(0, 10 * 365 * 86400.0, above=True)
 
 
 def _optional_float(value: str | float | None) -> float | None:
@@ -95,7 +118,9 @@ def _queues(value: str | tuple[str, ...] | None) -> tuple[str, ...] | None:
         return None
     items = value.split(",") if isinstance(value, str) else list(value)
     queues = tuple(q.strip() for q in items if q.strip())
-    return queues or None
+    if not queues:
+        raise ValueError("no queue named; accepted: comma-separated queue names, e.g. -Q default,emails")
+    return queues
 
 
 def _choice(*options: str) -> Callable[[str], str]:
@@ -234,14 +259,15 @@ _CASTS: dict[str, Callable[[Any], Any]] = {
     "app": str,
     "broker": _url,
     "database": _optional_url,
-    "workers": _positive_int,
-    "concurrency": _positive_int,
+    "workers": _int_in(1, 1024),
+    "concurrency": _int_in(1, 10_000),
     "queues": _queues,
     "burst": _bool,
-    "grace": _positive_float,
-    "lease_ttl": _positive_float,
-    "heartbeat_timeout": _positive_float,
-    "poll_interval": _positive_float,
+    "grace": _float_in(0, 86400.0),
+    "lease_ttl": _float_in(1.0, 86400.0),
+    # Workers send a heartbeat every second: less than two of them would kill healthy workers.
+    "heartbeat_timeout": _float_in(2.0, 86400.0),
+    "poll_interval": _float_in(0.01, 3600.0),
     "max_jobs_per_worker": _optional_positive_int,
     "max_memory_per_worker": _optional_positive_int,
     "max_payload": _positive_int,

@@ -16,6 +16,7 @@ Enable as a pytest plugin with ``pytest -p runner.testing`` (or ``pytest_plugins
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -157,3 +158,26 @@ def runner_burst(runner_broker: str) -> Callable[..., Awaitable[Worker]]:
         return await run_burst(app, settings.pop("broker", runner_broker), **settings)
 
     return drain
+
+
+# The fixtures a test asks for when it runs runner's real worker; such a test is async, so it
+# needs anyio's plugin to run it. Marking it here spares users the `@pytest.mark.anyio` they
+# would otherwise have to know about (the README's testing example is written without it).
+_WORKER_FIXTURES = frozenset({"runner_burst", "runner_broker"})
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_pycollect_makeitem(collector: Any, name: str, obj: object) -> Any:
+    """Before anyio's own collection hook looks for its marker: add it to a coroutine test that
+    uses runner's worker fixtures and is not marked already."""
+    if inspect.iscoroutinefunction(obj) and collector.istestfunction(obj, name):
+        try:
+            wanted = set(inspect.signature(obj).parameters)
+        except (TypeError, ValueError):
+            wanted = set()
+        marked = collector.get_closest_marker("anyio") is not None or any(
+            getattr(m, "name", None) == "anyio" for m in getattr(obj, "pytestmark", ())
+        )
+        if wanted & _WORKER_FIXTURES and not marked:
+            pytest.mark.anyio(obj)
+    yield

@@ -42,7 +42,7 @@ def test_flags_win_over_environment_over_defaults() -> None:
     [
         ({"RUNNER_WORKRES": "2"}, "unknown environment variable RUNNER_WORKRES; accepted: "),
         ({"RUNNER_WORKERS": "zero"}, "RUNNER_WORKERS='zero' is not valid"),
-        ({"RUNNER_WORKERS": "0"}, "must be 1 or more"),
+        ({"RUNNER_WORKERS": "0"}, "out of range; accepted: a whole number from 1 to 1,024"),
         ({"RUNNER_BURST": "maybe"}, "accepted: 1/0, true/false"),
         ({"RUNNER_BROKER": "redis://localhost:6379/0"}, "runner keeps its queue in a database table"),
         ({"RUNNER_BROKER": "amqp://guest@localhost//"}, "scheme 'amqp' is not supported"),

@@ -506,3 +506,12 @@ def test_failed_instead_drops_everything_but_the_failure() -> None:
     assert (failed.args, failed.kwargs, failed.result, failed.children) == (None, None, None, ())
     assert failed.record.outcome == State.FAILED and failed.record.error == error and failed.record.finished_at == NOW + 1
     assert (failed.attempt, failed.lost, failed.job_id, failed.token) == (ok.attempt, ok.lost, ok.job_id, ok.token)
+
+
+def test_a_bare_retry_with_no_attempts_left_says_so_once() -> None:
+    """``raise Retry(delay=60)`` on a job with the default retries=0: the message says why it
+    failed (no attempts left) without repeating Retry's default reason."""
+    item = attempt()
+    outcome = decide(item, Policy(), RetryRequested(err("Retry", "retry requested"), delay=60), now=NOW)
+    assert outcome.state == State.FAILED and outcome.error is not None
+    assert outcome.error.message.startswith("retry requested, but no attempts were left (attempt 1 of 1;"), outcome.error.message

@@ -94,7 +94,7 @@ class JobFilter:
 
     state: str | None = None
     queue: str | None = None
-    name: str | None = None  # a prefix, or a glob with * and ?
+    name: str | None = None  # a word found anywhere in the name, or a glob with * and ?
     key: str | None = None
     before_id: int | None = None  # keyset paging: rows with smaller ids
     created_after: float | None = None
@@ -219,7 +219,8 @@ class Driver(ABC):
 
     @abstractmethod
     async def has_work(self, queues: Sequence[str], within: float = 0.0) -> bool:
-        """Anything runnable in these queues now (or within ``within`` seconds)?"""
+        """Anything runnable in these queues now (or within ``within`` seconds)? A paused
+        queue's jobs do not count: nothing claims them until it is resumed."""
 
     @abstractmethod
     async def has_running(self, queues: Sequence[str]) -> bool:

@@ -96,9 +96,11 @@ _PURGE_BATCH = text(
 _MAKE_DUE = text("UPDATE runner_jobs SET run_at = 0 WHERE state = 'queued' AND id IN :ids").bindparams(
     bindparam("ids", expanding=True)
 )
-_HAS_WORK = text("SELECT 1 FROM runner_jobs WHERE state = 'queued' AND queue IN :queues AND run_at <= :until LIMIT 1").bindparams(
-    bindparam("queues", expanding=True)
-)
+# A paused queue's jobs are not work: a burst worker (`--burst`, run_burst) ends beside them.
+_HAS_WORK = text(
+    "SELECT 1 FROM runner_jobs WHERE state = 'queued' AND queue IN :queues AND run_at <= :until"
+    " AND queue NOT IN (SELECT queue FROM runner_queues WHERE paused = 1) LIMIT 1"
+).bindparams(bindparam("queues", expanding=True))
 _HAS_RUNNING = text("SELECT 1 FROM runner_jobs WHERE state = 'running' AND queue IN :queues LIMIT 1").bindparams(
     bindparam("queues", expanding=True)
 )
@@ -623,7 +625,8 @@ class SQLDriver(Driver):
                 params[column] = value
         pattern = ""
         if where.name is not None:
-            pattern = where.name if any(c in where.name for c in "*?[") else where.name + "*"
+            # A plain word finds it anywhere in the dotted name ("typed" finds "jobs.users.typed").
+            pattern = where.name if any(c in where.name for c in "*?[") else f"*{where.name}*"
             clauses.append("name LIKE :name_like ESCAPE '\\'")
             params["name_like"] = _glob_to_like(pattern)
         for column, op, value in (

@@ -176,7 +176,7 @@ _SET_PROGRESS: Final = text(
     "INSERT INTO runner_progress (job_id, token, progress, updated_at) VALUES (:id, :token, :progress, :now)"
     " ON CONFLICT (job_id) DO UPDATE SET token = excluded.token, progress = excluded.progress, updated_at = excluded.updated_at"
 )
-_PROGRESS_OF: Final = text("SELECT job_id, token, progress FROM runner_progress WHERE job_id IN :ids").bindparams(
+_PROGRESS_OF: Final = text("SELECT job_id, updated_at, progress FROM runner_progress WHERE job_id IN :ids").bindparams(
     bindparam("ids", expanding=True)
 )
 _REQUEST_CANCEL: Final = text("INSERT INTO runner_cancel (job_id, requested_at) VALUES (:id, :now) ON CONFLICT DO NOTHING")
@@ -424,12 +424,16 @@ class SQLiteDriver(SQLDriver):
         return await self._with_progress(await super().get_many(ids))
 
     async def _with_progress(self, rows: list[JobRow]) -> list[JobRow]:
-        live = [r.id for r in rows if r.state in ("running", "succeeded", "failed", "cancelled", "queued")]
-        if not live:
+        """Progress is the latest attempt's, as on PostgreSQL (where the row holds it and a
+        re-queue clears it): a queued row shows none, and a report older than the row's
+        ``started_at`` belongs to an earlier attempt. One host writes both clocks (SQLite)."""
+        started = {r.id: r.started_at for r in rows if r.state in ("running", "succeeded", "failed", "cancelled")}
+        if not started:
             return rows
         await self._ensure_control()
         async with self._control_auto.connect() as conn:
-            progress = {int(i): p for i, _t, p in (await conn.execute(_PROGRESS_OF, {"ids": live})).all()}
+            found = (await conn.execute(_PROGRESS_OF, {"ids": list(started)})).all()
+        progress = {int(i): p for i, at, p in found if at >= (started[int(i)] or 0.0)}
         if not progress:
             return rows
         from dataclasses import replace

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import decimal
 import os
 import time
+import uuid
 
 import anyio
 from sqlalchemy import Integer, String, text
@@ -258,4 +261,18 @@ async def takes_kwargs(session: AsyncSession, **options: object) -> list[str]:
 
 @app.job
 async def identity_of_args(value: object) -> object:
+    return value
+
+
+@app.job
+async def typed_values(
+    when: datetime.datetime, amount: decimal.Decimal, token: uuid.UUID, raw: bytes, counts: dict[int, int]
+) -> list[str]:
+    """Annotated: what JSON cannot carry comes back as the caller's value (round_trip.py)."""
+    return [type(v).__name__ + ":" + (v.hex() if isinstance(v, bytes) else repr(v)) for v in (when, amount, token, raw, counts)]
+
+
+@app.job
+async def echo(value):  # type: ignore[no-untyped-def]
+    """Unannotated on purpose: receives whatever JSON gives back."""
     return value

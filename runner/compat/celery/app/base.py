@@ -355,6 +355,7 @@ class Celery:
             ignore_result=bool(task.ignore_result or self.conf.task_ignore_result),
             rate=celery_rate(task.rate_limit or self.conf.get("task_default_rate_limit")),
         )
+        job.faithful_arguments = False  # Celery's own contract for argument values, not runner's check
         task._job = job
 
     def job_for(self, task: Task) -> Any:
