@@ -172,8 +172,8 @@ class Call:
         job, opts = self.job, self.options
         check_arguments = check_arguments and not (opts.depends_on and opts.with_results)  # results come first, later
         bound = job.bind(self.args, self.kwargs) if check_arguments or job.keyed else None
-        if check_arguments and job.faithful_arguments:
-            check_round_trip(job.name, self.args, self.kwargs, job.bind)
+        if bound is not None and check_arguments and job.faithful_arguments:
+            check_round_trip(job.name, self.args, self.kwargs, bound.arguments, job.bind)
         run_at = None
         if opts.eta is not None:
             run_at = _instant("eta", opts.eta)

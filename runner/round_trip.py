@@ -58,12 +58,14 @@ def check_round_trip(
     name: str,
     args: Sequence[Any],
     kwargs: Mapping[str, Any],
+    sent: Mapping[str, Any],
     bind: Callable[[Sequence[Any], dict[str, Any]], Any],
 ) -> None:
     """Raise ``ArgumentsError`` naming the first argument the job would receive changed.
 
-    ``bind`` is the job's own binding (the one the worker uses), so an annotation that converts
-    the JSON form back (``datetime``, ``UUID``, ``dict[int, int]``) makes the call acceptable."""
+    ``sent`` is the call's arguments as enqueue already bound them; ``bind`` is the job's own
+    binding (the one the worker uses), so an annotation that converts the JSON form back
+    (``datetime``, ``UUID``, ``dict[int, int]``) makes the call acceptable."""
     if is_plain_json(args) and is_plain_json(kwargs):
         return
     try:
@@ -71,7 +73,6 @@ def check_round_trip(
         wire_kwargs = decode_json(encode_json_bytes(dict(kwargs)))
     except SerializationError:
         return  # cannot be sent at all: encoding the row raises the precise error
-    sent = bind(args, dict(kwargs)).arguments
     try:
         arrived = bind(wire_args, wire_kwargs).arguments
     except ArgumentsError as exc:

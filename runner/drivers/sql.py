@@ -96,10 +96,10 @@ _PURGE_BATCH = text(
 _MAKE_DUE = text("UPDATE runner_jobs SET run_at = 0 WHERE state = 'queued' AND id IN :ids").bindparams(
     bindparam("ids", expanding=True)
 )
+_UNPAUSED = "queue NOT IN (SELECT queue FROM runner_queues WHERE paused = 1)"
 # A paused queue's jobs are not work: a burst worker (`--burst`, run_burst) ends beside them.
 _HAS_WORK = text(
-    "SELECT 1 FROM runner_jobs WHERE state = 'queued' AND queue IN :queues AND run_at <= :until"
-    " AND queue NOT IN (SELECT queue FROM runner_queues WHERE paused = 1) LIMIT 1"
+    f"SELECT 1 FROM runner_jobs WHERE state = 'queued' AND queue IN :queues AND run_at <= :until AND {_UNPAUSED} LIMIT 1"
 ).bindparams(bindparam("queues", expanding=True))
 _HAS_RUNNING = text("SELECT 1 FROM runner_jobs WHERE state = 'running' AND queue IN :queues LIMIT 1").bindparams(
     bindparam("queues", expanding=True)
@@ -107,10 +107,10 @@ _HAS_RUNNING = text("SELECT 1 FROM runner_jobs WHERE state = 'running' AND queue
 # The earliest future run_at, and whether jobs are runnable now in an unpaused queue yet were not
 # claimed: held back by a concurrency or rate limit, which a finish or the next window lifts.
 _NEXT_RUN_AT = text(
-    """
+    f"""
     SELECT (SELECT min(run_at) FROM runner_jobs WHERE state = 'queued' AND queue IN :queues AND run_at > :now),
            EXISTS (SELECT 1 FROM runner_jobs WHERE state = 'queued' AND queue IN :queues AND run_at <= :now
-                   AND queue NOT IN (SELECT queue FROM runner_queues WHERE paused = 1))
+                   AND {_UNPAUSED})
     """
 ).bindparams(bindparam("queues", expanding=True))
 # How soon an idle worker looks again at jobs held back by a limit (not by a pause: resuming wakes
