@@ -37,7 +37,7 @@ def test_a_slot_that_fails_to_start_then_recovers_serves_at_full_capacity(sqlite
     env = {"STARTUP_FAILS": "2", "STARTUP_COUNTER": str(tmp_path / "starts")}
     proc = serve("-A", "tests.apps.startup", "--broker", sqlite_url, "-w", "2", env=env)
     wait_until(lambda: proc.output.count(" ready: pid=") >= 2, 60, "both slots ready")
-    assert proc.output.count("failed to start") == 2
+    assert proc.output.count("failed to start") == 2, proc.output[-4000:]
     proc.signal(signal.SIGTERM)
     assert proc.wait(60) == 0, proc.output[-3000:]
 
