@@ -6,7 +6,9 @@
   and the job's scope rolls back.
 * ``Batched`` -- for jobs without a session (and failures, whose session already rolled back):
   outcomes wait here while the previous batch is written, so batches form by themselves under
-  load and a lone outcome is written at once when idle. One guarded statement per batch.
+  load and a lone outcome is written at once when idle. One guarded statement per batch. While
+  the worker's claim loop is busy, it takes the waiting outcomes with its next claim
+  (``claim_with``): a finished batch and the next claim are one write, one commit.
 * ``Direct`` -- one outcome, written before ``complete`` returns (eager mode, settlements).
 
 A batch that fails for a reason other than the database's absence is retried outcome by outcome,
@@ -19,16 +21,17 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final
 
 import anyio
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .db_unavailable import database_unavailable
 from .decide import Outcome
-from .drivers import Driver
+from .drivers import Claimed, Driver
 from .errors import LeaseLost, describe_exception
-from .wire import ErrorInfo, State
+from .wire import Attempt, BadRow, ErrorInfo, State
 
 __all__ = ["Batched", "Completer", "Direct", "InTransaction"]
 
@@ -65,6 +68,9 @@ class Direct(Completer):
             await _write_isolated(self.driver, [outcome])
 
 
+HAND_OVER_WAIT: Final = 0.05  # seconds outcomes wait for the busy claim loop before being written alone
+
+
 class Batched(Completer):
     """Owns one worker's buffer of unwritten outcomes; ``run`` is a side task of the worker."""
 
@@ -74,6 +80,14 @@ class Batched(Completer):
         self.on_requeued = on_requeued  # a retry was written: the claim loop re-reads the next run_at
         self._pending: list[Outcome] = []
         self._wake = anyio.Event()
+        # Set by the claim loop while it is claiming back to back: it will write what waits here
+        # within milliseconds, with its next claim. Outcomes the claim could not write (or whose
+        # combined write failed) are ``_alone``: this side writes them, at once.
+        self.with_claims = False
+        self._not_claiming = anyio.Event()
+        self._not_claiming.set()
+        self._taken = anyio.Event()
+        self._alone: set[int] = set()
         # One flush at a time: the side task and a shutdown drain must never write the same
         # head of the buffer twice (the second write would be discarded by the guard, and its
         # delete would drop outcomes that were never written).
@@ -99,6 +113,12 @@ class Batched(Completer):
                 await self._wake.wait()
                 self._wake = anyio.Event()
                 continue
+            if self.with_claims and not self._alone:
+                taken = self._taken = anyio.Event()
+                with anyio.move_on_after(HAND_OVER_WAIT) as waited:
+                    await taken.wait()
+                if not waited.cancelled_caught:
+                    continue  # the claim loop took them; look again
             try:
                 await self.flush_once()
                 delay = 0.05
@@ -115,7 +135,59 @@ class Batched(Completer):
             with anyio.CancelScope(shield=True):  # an outcome in flight must not be half-lost to a cancel
                 await _write_isolated(self.driver, batch)
             del self._pending[: len(batch)]
-        if self.on_requeued is not None and any(o.state == State.QUEUED for o in batch):
+            self._alone.difference_update(o.job_id for o in batch)
+        self._requeued(batch)
+
+    async def claim_with(self, claim: Callable[[Sequence[Outcome]], Awaitable[Claimed]]) -> list[Attempt | BadRow]:
+        """Claim through ``claim`` (``driver.claim_and_complete`` bound to the worker's claim),
+        handing it the outcomes that wait here. They stay in the buffer, their leases renewed,
+        until the claim's statement returns; what it did not write is written by ``run``, alone
+        (so is everything, if the combined write failed: the claim loop then retries its claim)."""
+        if not self._pending or self._alone:
+            return (await claim(())).rows
+        async with self._flushing:
+            batch = self._pending[: self.max_batch]
+            self._taken.set()
+            try:
+                with anyio.CancelScope(shield=True):
+                    result = await claim(batch)
+            except Exception:
+                self._write_alone(batch)
+                raise
+            del self._pending[: len(batch)]
+            if result.left:
+                self._pending[:0] = result.left
+                self._write_alone(result.left)
+        stale = len(batch) - len(result.left) - result.written
+        if stale:
+            log.info("%d outcomes were for attempts that no longer own their job; discarded", stale)
+        left = {o.job_id for o in result.left}
+        self._requeued([o for o in batch if o.job_id not in left])
+        return result.rows
+
+    def claiming(self, busy: bool) -> None:
+        """The claim loop says whether it is claiming back to back (it then writes what waits
+        here with its next claim) or not (idle, failing, stopped: ``run`` writes at once)."""
+        self.with_claims = busy
+        if busy:
+            if self._not_claiming.is_set():
+                self._not_claiming = anyio.Event()
+        else:
+            self._not_claiming.set()
+            self._taken.set()
+
+    async def until_idle(self) -> None:
+        """Return once the claim loop is not claiming back to back (at once if it is not)."""
+        while self.with_claims:
+            await self._not_claiming.wait()
+
+    def _write_alone(self, outcomes: Sequence[Outcome]) -> None:
+        self._alone.update(o.job_id for o in outcomes)
+        self._wake.set()
+        self._taken.set()  # ``run`` may be waiting for the claim loop: it need not
+
+    def _requeued(self, written: Sequence[Outcome]) -> None:
+        if self.on_requeued is not None and any(o.state == State.QUEUED for o in written):
             self.on_requeued()
 
     async def drain(self, timeout: float = 30.0) -> bool:

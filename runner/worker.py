@@ -22,6 +22,7 @@ import socket
 import time
 import traceback as tb
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final
 
 import anyio
@@ -230,7 +231,7 @@ class Worker:
             side.start_soon(self._cancel_requests)
             side.start_soon(self.completer.run)
             side.start_soon(self._signals)
-            side.start_soon(self.driver.watch, self._poke)
+            side.start_soon(self.driver.watch, self._poke, self.completer.until_idle)
             if self.sock is not None:
                 side.start_soon(self._control)
             self.scheduler_scope = anyio.CancelScope()
@@ -244,6 +245,7 @@ class Worker:
                 for slot in range(self.concurrency):
                     jobs.start_soon(self._slot, slot, name=f"slot {slot}")
                 await self._claim_loop()
+                self.completer.claiming(False)
                 self._empty_inbox()
                 await self._wait_in_flight()
                 jobs.cancel_scope.cancel()
@@ -330,11 +332,14 @@ class Worker:
                 if free <= 0 or self._free() != free:
                     continue  # more slots freed up: recompute; else claim for what we have
             try:
-                claimed = await self.driver.claim(self.owner, self.queues, free, self.settings.lease_ttl)
+                claimed = await self.completer.claim_with(
+                    partial(self.driver.claim_and_complete, self.owner, self.queues, free, self.settings.lease_ttl)
+                )
                 if failures:
                     log.warning("claims work again (the database is back)")
                 failures = 0
             except Exception as exc:
+                self.completer.claiming(False)
                 failures += 1
                 delay = min(0.1 * 2**failures, 5.0)
                 log.warning("claim failed (%s); retrying in %.1fs", exc, delay)
@@ -343,6 +348,9 @@ class Worker:
             for item in claimed:
                 self.held[item.id] = item
                 self.inbox.put_nowait(item)
+            # Busy: the jobs just claimed end into the buffer, and the next claim writes them.
+            # Idle: outcomes are written at once, by the completer.
+            self.completer.claiming(bool(claimed))
             if claimed:
                 continue
             if self.settings.burst and await self._burst_finished():

@@ -15,11 +15,12 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..settings import backend_of
-from .base import CancelResult, Driver, JobFilter, JobPage, JobRow, NodeRow, QueueCounts, StatsRow, WorkerRow
+from .base import CancelResult, Claimed, Driver, JobFilter, JobPage, JobRow, NodeRow, QueueCounts, StatsRow, WorkerRow
 from .engines import create_engine, sqlite_path
 
 __all__ = [
     "CancelResult",
+    "Claimed",
     "Driver",
     "JobFilter",
     "JobPage",

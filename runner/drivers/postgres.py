@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 import anyio
@@ -31,8 +32,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..decide import Outcome
 from ..gc_pause import paused_gc
+from ..rows import CLAIM_COLUMNS
 from ..schema import BUCKETS, STATS_SUMS, Dialect, constraints, job_indexes, job_table, nodes_table, side_tables, workers_table
 from ..wire import MAX_DEPTH, MAX_HISTORY, PROTOCOL_VERSION, Attempt, BadRow, Envelope
+from .base import Claimed
 from .sql import COPY_FROM, INSERT_COLUMNS, JOB_COLUMNS, SQLDriver, claim_columns, outcome_params, tally_of, tally_rows
 
 __all__ = ["PostgresDriver", "plain_dsn"]
@@ -157,26 +160,14 @@ _CLAIM: Final = f"SELECT {_COLUMNS} FROM runner_claim($1::text[], $2, $3, $4, $5
 # which serialises per key. So a keyed job can never be claimed past its limit by this path.
 _PLAIN_SET: Final = _CLAIM_SET.replace("p_owner", "$4").replace("p_until", "$5").replace("v_now", "$2")
 _NULLS: Final = ", ".join(["NULL"] * len(_COLUMNS.split(", ")))
-_CLAIM_PLAIN_ONE: Final = f"""
-    WITH picked AS (
+_PICK_ONE: Final = """
         SELECT id, concurrency_key, rate_key FROM runner_jobs
         WHERE state = 'queued' AND queue = $1 AND run_at <= $2
           AND NOT EXISTS (SELECT 1 FROM runner_queues WHERE queue = $1 AND paused = 1)
         ORDER BY priority DESC, run_at, id
         LIMIT $3
-        FOR UPDATE SKIP LOCKED
-    ), keyed AS (
-        SELECT EXISTS (SELECT 1 FROM picked WHERE concurrency_key IS NOT NULL OR rate_key IS NOT NULL) AS yes
-    ), claimed AS (
-        UPDATE runner_jobs AS j SET {_PLAIN_SET}
-        FROM picked, keyed WHERE j.id = picked.id AND NOT keyed.yes
-        RETURNING j.*
-    )
-    SELECT {_COLUMNS} FROM claimed
-    UNION ALL SELECT {_NULLS} FROM keyed WHERE keyed.yes
-"""
-_CLAIM_PLAIN_MANY: Final = f"""
-    WITH picked AS (
+        FOR UPDATE SKIP LOCKED"""
+_PICK_MANY: Final = """
         SELECT c.id, c.concurrency_key, c.rate_key FROM unnest($1::text[]) WITH ORDINALITY AS q(name, position)
         CROSS JOIN LATERAL (
             SELECT id, concurrency_key, rate_key FROM runner_jobs
@@ -187,17 +178,22 @@ _CLAIM_PLAIN_MANY: Final = f"""
             FOR UPDATE SKIP LOCKED
         ) AS c
         ORDER BY q.position
-        LIMIT $3
-    ), keyed AS (
+        LIMIT $3"""
+
+
+# After ``picked``: claim the candidates unless one has a key (then only the marker row).
+_CLAIMED: Final = f"""keyed AS (
         SELECT EXISTS (SELECT 1 FROM picked WHERE concurrency_key IS NOT NULL OR rate_key IS NOT NULL) AS yes
     ), claimed AS (
         UPDATE runner_jobs AS j SET {_PLAIN_SET}
         FROM picked, keyed WHERE j.id = picked.id AND NOT keyed.yes
         RETURNING j.*
-    )
+    )"""
+_CLAIMED_ROWS: Final = f"""
     SELECT {_COLUMNS} FROM claimed
-    UNION ALL SELECT {_NULLS} FROM keyed WHERE keyed.yes
-"""
+    UNION ALL SELECT {_NULLS} FROM keyed WHERE keyed.yes"""
+_CLAIM_PLAIN_ONE: Final = f"WITH picked AS ({_PICK_ONE}), {_CLAIMED} {_CLAIMED_ROWS}"
+_CLAIM_PLAIN_MANY: Final = f"WITH picked AS ({_PICK_MANY}), {_CLAIMED} {_CLAIMED_ROWS}"
 KEYED_FOR: Final = 5.0  # seconds a driver keeps claiming through the function once it met keys
 
 # The guard of writes to rows a worker holds, by id: written so the planner cannot answer it
@@ -420,6 +416,34 @@ class PostgresDriver(SQLDriver):
             rows = await pg.fetch(_CLAIM, list(queues), now, n, owner, now + lease_ttl)
         return self._decode(rows)
 
+    async def claim_and_complete(
+        self, owner: str, queues: Sequence[str], n: int, lease_ttl: float, outcomes: Sequence[Outcome]
+    ) -> Claimed:
+        fast = [o for o in outcomes if not o.children]
+        if not fast or time.monotonic() < self._keyed_until:
+            return Claimed(await self.claim(owner, queues, n, lease_ttl), outcomes, 0)
+        now = time.time()
+        statement, which = (_FINISH_CLAIM_ONE, queues[0]) if len(queues) == 1 else (_FINISH_CLAIM_MANY, list(queues))
+        async with self._raw() as pg:
+            rows = await pg.fetch(statement, *_finish_arrays(fast), *_tally_arrays(fast), which, now, n, owner, now + lease_ttl)
+        written: set[int] = set()
+        claimed: list[Any] = []
+        keyed = False
+        for row in rows:
+            if row[0] is None:
+                keyed = True
+            elif row[1] is None:  # lease_token: set on every claimed row
+                written.add(row[0])
+            else:
+                claimed.append(row)
+        # Not written: a job something waits for (its release needs a transaction), or a stale
+        # attempt; ``complete`` tells them apart.
+        left = [o for o in outcomes if o.job_id not in written]
+        if keyed:  # candidates with keys: claim through the function, which serialises per key
+            self._keyed_until = time.monotonic() + KEYED_FOR
+            return Claimed(await self.claim(owner, queues, n, lease_ttl), left, len(written))
+        return Claimed(self._decode(claimed), left, len(written))
+
     async def renew(self, held: Mapping[int, int], lease_ttl: float) -> set[int]:
         if not held:
             return set()
@@ -479,7 +503,7 @@ class PostgresDriver(SQLDriver):
         async with self._raw() as pg:
             return [r[0] for r in await pg.fetch(_CANCEL_REQUESTS, list(ids))]
 
-    async def watch(self, on_change: Callable[[], None]) -> None:
+    async def watch(self, on_change: Callable[[], None], idle: Callable[[], Awaitable[None]] | None = None) -> None:
         """LISTEN on one dedicated connection (outside the pool, so jobs never wait for it). If
         it drops -- the server restarted -- the worker keeps polling and this reconnects."""
         import asyncpg
@@ -570,22 +594,39 @@ _COUNTED: Final = f"""
         FROM done JOIN unnest({_TALLY_ARRAYS}) AS t({_TALLY_NAMES}) ON t.id = done.id
         GROUP BY t.source, t.minute, t.name, t.queue, t.kind
         ON CONFLICT ({_KEY}) DO UPDATE SET {_ADD}
-    )
-    SELECT id, has_dependants FROM done
-"""
+    )"""
+_DONE: Final = "\n    SELECT id, has_dependants FROM done\n"
 # One outcome (the job's own transaction): its deltas computed here and sent as plain values,
 # which PostgreSQL takes faster than arrays to unnest and join.
 _COUNTED_ONE: Final = f"""
     counted AS (
         INSERT INTO runner_stats ({_KEY}, {_SUMS}) SELECT {_ONE_VALUES} FROM done
         ON CONFLICT ({_KEY}) DO UPDATE SET {_ADD}
-    )
-    SELECT id, has_dependants FROM done
-"""
+    ) {_DONE}"""
 _SUMMED: Final = ", ".join(f"sum({c})" for c in STATS_SUMS)
-_FINISH_COUNTED: Final = f"WITH done AS ({_FINISH}), {_COUNTED}"
-_FINISH_FAST_COUNTED: Final = f"WITH done AS ({_FINISH_FAST}), {_COUNTED}"
+_FINISH_COUNTED: Final = f"WITH done AS ({_FINISH}), {_COUNTED} {_DONE}"
+_FINISH_FAST_COUNTED: Final = f"WITH done AS ({_FINISH_FAST}), {_COUNTED} {_DONE}"
 _FINISH_ONE_COUNTED: Final = f"WITH done AS ({_FINISH_ONE}), {_COUNTED_ONE}"
+
+
+def _after_finish(statement: str) -> str:
+    """The claim's parameters renumbered to follow the finish's ($1 -> $27)."""
+    return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + len(_FINISH_FIELDS) + len(_TALLY)}", statement)
+
+
+# The previous batch's outcomes (fast path: nothing waits for those jobs) written and counted,
+# and the next batch claimed, in one statement and one commit. Both halves read one snapshot
+# and touch disjoint rows: the finish only rows this worker holds ('running'), the claim only
+# 'queued' ones. Rows come back in three kinds: claimed rows (lease_token set), the keyed marker
+# (all NULL), and the id of each outcome written (the rest NULL).
+_PICK_ONE_NEXT: Final = _after_finish(_PICK_ONE)
+_PICK_MANY_NEXT: Final = _after_finish(_PICK_MANY)
+_CLAIMED_NEXT: Final = _after_finish(_CLAIMED)
+_WRITTEN: Final = ", ".join(["done.id", *(["NULL"] * (len(CLAIM_COLUMNS) - 1))])
+_FINISH_CLAIM_ONE: Final = f"""WITH done AS ({_FINISH_FAST}), {_COUNTED}, picked AS ({_PICK_ONE_NEXT}), {_CLAIMED_NEXT}
+    {_CLAIMED_ROWS} UNION ALL SELECT {_WRITTEN} FROM done"""
+_FINISH_CLAIM_MANY: Final = f"""WITH done AS ({_FINISH_FAST}), {_COUNTED}, picked AS ({_PICK_MANY_NEXT}), {_CLAIMED_NEXT}
+    {_CLAIMED_ROWS} UNION ALL SELECT {_WRITTEN} FROM done"""
 # Folding moves rows, never copies them: DELETE ... RETURNING feeds the INSERT, so two hosts
 # folding at once cannot both fold a row (the second finds it deleted).
 _FOLD_STATS: Final = text(

@@ -23,11 +23,12 @@ private connection, a few microseconds per check, instead of a claim query every
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -38,9 +39,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ..decide import Outcome
 from ..schema import STATS_SUMS, Dialect, job_indexes, job_table, nodes_table, side_tables, workers_table
 from ..wire import MAX_HISTORY, Attempt, BadRow
-from .base import CancelResult, JobRow, NodeRow, WorkerRow
+from .base import CancelResult, Claimed, JobRow, NodeRow, WorkerRow
+from .engines import SQLITE_BUSY_TIMEOUT_S
 from .file_watch import FileWatch
+from .host_lock import HostWriterLock
 from .sql import INSERT_COLUMNS, JOB_COLUMNS, SQLDriver, claim_columns, outcome_params, tally_rows
+from .sqlite_batch import BatchWriter
 
 __all__ = ["SQLiteDriver", "control_path"]
 
@@ -227,6 +231,15 @@ class SQLiteDriver(SQLDriver):
         self.path = path  # None: an in-memory queue (its control tables live in the same database)
         self._control_ready = False
         self._last_cleanup = 0.0
+        # The worker's own hot writes (claims, outcome batches) queue on this between processes.
+        self._writers = HostWriterLock(path) if path is not None else None
+        self._batch = (
+            None
+            if self._writers is None or path is None
+            else BatchWriter(
+                path, self._writers, finish=_FINISH.text, stats=_STATS_UPSERT.text, busy_timeout=SQLITE_BUSY_TIMEOUT_S
+            )
+        )
 
     def _autocommit_options(self) -> dict[str, Any]:
         return {"runner_autocommit": True}  # session.py: no BEGIN IMMEDIATE for these
@@ -285,12 +298,40 @@ class SQLiteDriver(SQLDriver):
     # -- claim, hold, complete -----------------------------------------------------------------
 
     async def claim(self, owner: str, queues: Sequence[str], n: int, lease_ttl: float) -> list[Attempt | BadRow]:
-        now = time.time()
-        params: dict[str, Any] = {"now": now, "n": n, "owner": owner, "lease_until": now + lease_ttl}
-        params.update({f"q{i}": q for i, q in enumerate(queues)})
-        async with self._auto.connect() as conn:
-            rows = (await conn.execute(self._claim_statement(len(queues)), params)).all()
-        return self._decode(rows)
+        return (await self.claim_and_complete(owner, queues, n, lease_ttl, ())).rows
+
+    def _writer(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._writers.held() if self._writers is not None else contextlib.nullcontext()
+
+    async def complete(self, outcomes: Sequence[Outcome]) -> int:
+        if self._batch is not None and outcomes:
+            done = await self._batch.write(outcomes)
+            if done is not None:
+                return done[1]
+        async with self._writer():
+            return await super().complete(outcomes)
+
+    async def claim_and_complete(
+        self, owner: str, queues: Sequence[str], n: int, lease_ttl: float, outcomes: Sequence[Outcome]
+    ) -> Claimed:
+        """One write transaction for both: SQLite's one writer lock is taken and its commit paid
+        once per batch, not once for the outcomes and again for the claim; on a file, as one
+        call on a thread (``sqlite_batch.py``). Every outcome is written here (children and
+        releases too, on the full path: it is a full transaction)."""
+        statement = self._claim_statement(len(queues))
+        params = _claim_params(owner, queues, n, lease_ttl)
+        if self._batch is not None:
+            done = await self._batch.write(outcomes, statement.text, params)
+            if done is not None:
+                return Claimed(self._decode(done[0]), (), done[1])
+        async with self._writer():
+            if not outcomes:
+                async with self._auto.connect() as conn:
+                    return Claimed(self._decode((await conn.execute(statement, params)).all()), (), 0)
+            async with self.engine.begin() as conn:
+                written = await self._complete_in(conn, outcomes)
+                rows = (await conn.execute(statement, params)).all()
+        return Claimed(self._decode(rows), (), written)
 
     def _claim_statement(self, queues: int) -> Any:
         key = f"claim:{queues}"
@@ -380,13 +421,15 @@ class SQLiteDriver(SQLDriver):
             for statement in _CONTROL_CLEANUP:
                 await conn.execute(statement, {"stale": now - 86400, "old": now - 30 * 86400})
 
-    async def watch(self, on_change: Callable[[], None]) -> None:
+    async def watch(self, on_change: Callable[[], None], idle: Callable[[], Awaitable[None]] | None = None) -> None:
         """Call ``on_change`` when another connection commits to the queue file.
 
         ``PRAGMA data_version`` on a private connection says whether anything committed; the
         kernel says when to ask (an inotify watch on the file and its write-ahead log, see
         ``file_watch``), so an idle worker sleeps instead of asking 200 times a second. Without
-        inotify it asks every ``WATCH_EVERY`` seconds, as before."""
+        inotify it asks every ``WATCH_EVERY`` seconds, as before. While the worker claims back
+        to back, every commit on the host (its own included) would wake the watch for nothing:
+        it waits for ``idle`` first (the events that came meanwhile then wake it once)."""
         if self.path is None:
             while True:  # in memory: one connection; nothing else can write
                 await anyio.sleep(3600)
@@ -403,6 +446,8 @@ class SQLiteDriver(SQLDriver):
                 if version != last:
                     last = version
                     on_change()
+                if idle is not None:
+                    await idle()
                 await files.wait(WATCH_SAFETY_EVERY)
         finally:
             self._watch_sees_commits = False
@@ -448,6 +493,10 @@ class SQLiteDriver(SQLDriver):
         return await super().workers(since)
 
     async def dispose(self) -> None:
+        if self._batch is not None:
+            self._batch.close()
+        if self._writers is not None:
+            self._writers.close()
         await self.engine.dispose()
         if self.control is not self.engine:
             await self.control.dispose()
@@ -514,3 +563,10 @@ _DROP_LANES: Final = text("DELETE FROM runner_stats WHERE source <> '*' AND minu
 
 def _exists(path: str) -> bool:
     return os.path.exists(path)
+
+
+def _claim_params(owner: str, queues: Sequence[str], n: int, lease_ttl: float) -> dict[str, Any]:
+    now = time.time()
+    params: dict[str, Any] = {"now": now, "n": n, "owner": owner, "lease_until": now + lease_ttl}
+    params.update({f"q{i}": q for i, q in enumerate(queues)})
+    return params

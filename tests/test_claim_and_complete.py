@@ -1,0 +1,205 @@
+"""A busy worker writes its finished batch with its next claim: one write, one commit
+(``Driver.claim_and_complete``, ``Batched.claim_with``). Every guarantee of the separate writes
+holds: the fencing guard, counters for exactly the outcomes written, dependants released in the
+transaction that finishes their parent, keyed jobs never past their limit, and nothing lost when
+the combined write fails."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import pytest
+
+from runner.complete import HAND_OVER_WAIT, Batched
+from runner.decide import Returned, WorkerLost, decide
+from runner.drivers import Claimed, Driver
+from runner.policy import Policy
+from runner.wire import Attempt, Envelope, State
+from tests.apps import flows
+
+from .conftest import sql
+
+pytestmark = pytest.mark.anyio
+
+POLICY = Policy(max_attempts=3)
+
+
+def done(item: Any, value: Any = None) -> Any:
+    return decide(item, POLICY, Returned(value), now=time.time())
+
+
+async def claim(driver: Driver, n: int, queues: tuple[str, ...] = ("default",)) -> list[Attempt]:
+    items = await driver.claim("w", list(queues), n, 30)
+    assert all(isinstance(i, Attempt) for i in items)
+    return items  # type: ignore[return-value]
+
+
+def counted(url: str) -> int:
+    return int(sql(url, "SELECT COALESCE(sum(n), 0) FROM runner_stats WHERE kind = 'succeeded'")[0][0])
+
+
+async def test_outcomes_are_written_and_the_next_batch_claimed_in_one_call(driver: Driver, broker_url: str) -> None:
+    ids = await driver.enqueue([Envelope(name="a") for _ in range(6)])
+    first = await claim(driver, 3)
+    result = await driver.claim_and_complete("w", ["default"], 3, 30, [done(i, i.id) for i in first])
+    assert isinstance(result, Claimed) and result.written == 3 and list(result.left) == []
+    assert sorted(r.id for r in result.rows) == ids[3:]
+    rows = {r.id: r for r in await driver.get_many(ids)}
+    assert [rows[i].state for i in ids] == [State.SUCCEEDED] * 3 + [State.RUNNING] * 3
+    assert rows[ids[0]].result == str(ids[0])
+    assert counted(broker_url) == 3, "counters ride in the same write, for exactly the outcomes written"
+    # Nothing left to claim: the outcomes are still written.
+    again = await driver.claim_and_complete("w", ["default"], 3, 30, [done(i) for i in result.rows])  # type: ignore[arg-type]
+    assert (again.rows, again.written) == ([], 3)
+    assert counted(broker_url) == 6
+
+
+async def test_a_stale_outcome_is_not_written_with_the_claim(driver: Driver, broker_url: str) -> None:
+    (job_id,) = await driver.enqueue([Envelope(name="a")])
+    [old] = await claim(driver, 1)
+    assert await driver.complete([decide(old, POLICY, WorkerLost("presumed dead"), now=time.time())]) == 1
+    [new] = await claim(driver, 1)
+    result = await driver.claim_and_complete("w", ["default"], 1, 30, [done(old, "stale")])
+    assert result.written == 0
+    # Whatever the driver left for ``complete`` matches nothing either.
+    assert await driver.complete(result.left) == 0
+    row = await driver.get(job_id)
+    assert (
+        row is not None
+        and row.state == State.RUNNING
+        and row.result is None
+        and row.lease_owner == "w"
+        and new.token == old.token + 1
+    )
+    assert counted(broker_url) == 0
+
+
+async def test_a_parents_outcome_releases_its_dependants(driver: Driver, broker_url: str) -> None:
+    flows.app.configure(broker=broker_url)
+    try:
+        parent = await flows.add.defer_async(1, 2)
+        child = await flows.add.options(depends_on=[parent]).defer_async(2, 2)
+    finally:
+        await flows.app.client.aclose()
+    [item] = await claim(driver, 1)
+    assert item.id == parent.id
+    result = await driver.claim_and_complete("w", ["default"], 5, 30, [done(item, 3)])
+    # PostgreSQL leaves it to ``complete`` (a release needs a transaction); SQLite writes it in
+    # its own, where the released child may even be claimed at once.
+    await driver.complete(result.left)
+    assert result.written + len(result.left) == 1
+    rows = {r.id: r for r in await driver.get_many([parent.id, child.id])}
+    assert rows[parent.id].state == State.SUCCEEDED
+    assert rows[child.id].state in (State.QUEUED, State.RUNNING), "the dependant was released"
+
+
+async def test_keyed_jobs_are_never_claimed_past_their_limit(driver: Driver) -> None:
+    ids = await driver.enqueue([Envelope(name="plain") for _ in range(2)])
+    first = await claim(driver, 2)
+    await driver.enqueue([Envelope(name="k", concurrency_key="one", concurrency_limit=1) for _ in range(3)])
+    result = await driver.claim_and_complete("w", ["default"], 5, 30, [done(i) for i in first])
+    assert result.written + len(result.left) == 2
+    await driver.complete(result.left)
+    assert {r.state for r in await driver.get_many(ids)} == {State.SUCCEEDED}
+    assert [r.name for r in result.rows] == ["k"], "one slot for the key: one claimed"
+    more = await driver.claim_and_complete("w", ["default"], 5, 30, [])
+    assert more.rows == []
+
+
+async def test_the_completer_hands_outcomes_to_the_busy_claim_loop(driver: Driver) -> None:
+    ids = await driver.enqueue([Envelope(name="a") for _ in range(4)])
+    first = await claim(driver, 2)
+    calls: list[int] = []
+
+    async def claim_next(outcomes: Any) -> Claimed:
+        calls.append(len(outcomes))
+        return await driver.claim_and_complete("w", ["default"], 2, 30, outcomes)
+
+    completer = Batched(driver)
+    completer.claiming(True)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(completer.run)
+        for item in first:
+            await completer.complete(done(item))
+        await anyio.sleep(HAND_OVER_WAIT / 5)
+        assert completer.pending == 2, "the writer waits for the claim loop"
+        assert set(completer.in_flight()) == {i.id for i in first}, "their leases are still renewed"
+        second = await completer.claim_with(claim_next)
+        assert calls == [2] and completer.pending == 0
+        assert sorted(i.id for i in second) == ids[2:]
+        # The claim loop goes idle: what ends now is written by the completer, at once.
+        completer.claiming(False)
+        for item in second:
+            await completer.complete(done(item))
+        with anyio.fail_after(HAND_OVER_WAIT * 20):
+            while completer.pending:
+                await anyio.sleep(0.005)
+        tg.cancel_scope.cancel()
+    assert {r.state for r in await driver.get_many(ids)} == {State.SUCCEEDED}
+
+
+async def test_outcomes_are_written_alone_when_the_claim_loop_does_not_come(driver: Driver) -> None:
+    ids = await driver.enqueue([Envelope(name="a")])
+    [item] = await claim(driver, 1)
+    completer = Batched(driver)
+    completer.claiming(True)  # busy, but it never claims again (a long job holds every slot)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(completer.run)
+        await completer.complete(done(item))
+        with anyio.fail_after(HAND_OVER_WAIT * 40):
+            while completer.pending:
+                await anyio.sleep(0.005)
+        tg.cancel_scope.cancel()
+    assert (await driver.get_many(ids))[0].state == State.SUCCEEDED
+
+
+async def test_a_failed_combined_write_loses_nothing(driver: Driver) -> None:
+    ids = await driver.enqueue([Envelope(name="a") for _ in range(2)])
+    first = await claim(driver, 2)
+
+    async def broken(outcomes: Any) -> Claimed:
+        raise RuntimeError("the combined statement failed")
+
+    completer = Batched(driver)
+    completer.claiming(True)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(completer.run)
+        for item in first:
+            await completer.complete(done(item))
+        with pytest.raises(RuntimeError, match="combined statement failed"):
+            await completer.claim_with(broken)
+        # Written by the completer on its own, without waiting for the claim loop.
+        with anyio.fail_after(HAND_OVER_WAIT * 10):
+            while completer.pending:
+                await anyio.sleep(0.005)
+        tg.cancel_scope.cancel()
+    assert {r.state for r in await driver.get_many(ids)} == {State.SUCCEEDED}
+
+
+async def test_outcomes_the_claim_did_not_write_are_written_by_the_completer(driver: Driver) -> None:
+    """An outcome with errbacks to insert: PostgreSQL's combined statement leaves it; the
+    completer writes it (with its errback) in a transaction of its own."""
+    from runner.decide import NotRunnable
+    from runner.wire import Callbacks, ChildSpec, ErrorInfo
+
+    errback = ChildSpec(name="cleanup", queue="mail")
+    (job_id,) = await driver.enqueue([Envelope(name="parent", callbacks=Callbacks(on_failure=(errback,)))])
+    [item] = await claim(driver, 1)
+    failed = decide(item, POLICY, NotRunnable(ErrorInfo(type="UnknownJob", message="no such job")), now=time.time())
+    assert failed.children
+    completer = Batched(driver)
+    completer.claiming(True)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(completer.run)
+        await completer.complete(failed)
+        await completer.claim_with(lambda outcomes: driver.claim_and_complete("w", ["default"], 1, 30, outcomes))
+        with anyio.fail_after(HAND_OVER_WAIT * 10):
+            while completer.pending:
+                await anyio.sleep(0.005)
+        tg.cancel_scope.cancel()
+    row = await driver.get(job_id)
+    assert row is not None and row.state == State.FAILED
+    [spawned] = await claim(driver, 1, ("mail",))
+    assert (spawned.name, spawned.parent_id) == ("cleanup", job_id)
