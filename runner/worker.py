@@ -49,6 +49,7 @@ HEARTBEAT_EVERY: Final = 1.0
 CANCEL_POLL_EVERY: Final = 0.5
 RETENTION_EVERY: Final = 60.0  # seconds between result-retention sweeps
 BURST_HORIZON: Final = 3.0
+BURST_TAIL_CHECK: Final = 0.02  # seconds between burst-end checks while this worker's last jobs finish
 CLAIM_BATCH_WAIT: Final = 0.005
 
 
@@ -331,6 +332,9 @@ class Worker:
                     await self.slot_free.wait()
                 if free <= 0 or self._free() != free:
                     continue  # more slots freed up: recompute; else claim for what we have
+            # A wake-up from here on (new work, a retry written, the watch) means "look again":
+            # it must not be lost to the checks between this claim and the idle wait.
+            self.wake = anyio.Event()
             try:
                 claimed = await self.completer.claim_with(
                     partial(self.driver.claim_and_complete, self.owner, self.queues, free, self.settings.lease_ttl)
@@ -368,7 +372,8 @@ class Worker:
             due = None
         if due is not None:
             timeout = max(0.0, min(timeout, due - time.time()))
-        self.wake = anyio.Event()
+        if self.settings.burst and (self.held or self.completer.pending):
+            timeout = min(timeout, BURST_TAIL_CHECK)  # the end of a burst is near: look again soon
         with anyio.move_on_after(timeout):
             await self.wake.wait()
 

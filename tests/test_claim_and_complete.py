@@ -203,3 +203,25 @@ async def test_outcomes_the_claim_did_not_write_are_written_by_the_completer(dri
     assert row is not None and row.state == State.FAILED
     [spawned] = await claim(driver, 1, ("mail",))
     assert (spawned.name, spawned.parent_id) == ("cleanup", job_id)
+
+
+async def test_a_burst_ends_when_its_last_outcomes_are_written_not_at_the_next_poll(broker_url: str) -> None:
+    """The last outcomes of a burst are written after the claim loop found the queue empty; the
+    worker must notice they are done (and a released job must wake it) without waiting out its
+    poll interval (30 s here)."""
+    from runner.testing import run_burst
+    from runner.workflows import group
+
+    flows.app.configure(broker=broker_url)
+    try:
+        for size in (1, 3, 10):
+            handle = await group(flows.add.call(i, i) for i in range(size)).defer_async()
+            parent = await flows.add.defer_async(1, 2)
+            child = await flows.add.options(depends_on=[parent]).defer_async(3, 4)
+            started = time.monotonic()
+            await run_burst(flows.app, broker_url, concurrency=4, poll_interval=30.0)
+            elapsed = time.monotonic() - started
+            assert await handle.wait_async(5) == [2 * i for i in range(size)] and await child.wait_async(5) == 7
+            assert elapsed < 10, f"a burst of {size} took {elapsed:.1f}s: a wake-up was lost and it waited for the poll"
+    finally:
+        await flows.app.client.aclose()

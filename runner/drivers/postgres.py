@@ -154,6 +154,7 @@ BEGIN
 END $$"""
 _COLUMNS: Final = claim_columns()
 _CLAIM: Final = f"SELECT {_COLUMNS} FROM runner_claim($1::text[], $2, $3, $4, $5)"
+_RETURNED: Final = claim_columns("j.")  # only what the worker decodes, not the whole row
 
 # The common case in one plain statement: no candidate has a key. If one has, this claims
 # nothing and returns one marker row (id NULL): the driver then claims through the function,
@@ -187,7 +188,7 @@ _CLAIMED: Final = f"""keyed AS (
     ), claimed AS (
         UPDATE runner_jobs AS j SET {_PLAIN_SET}
         FROM picked, keyed WHERE j.id = picked.id AND NOT keyed.yes
-        RETURNING j.*
+        RETURNING {_RETURNED}
     )"""
 _CLAIMED_ROWS: Final = f"""
     SELECT {_COLUMNS} FROM claimed
