@@ -59,7 +59,7 @@ async def explain_hot(url: str) -> list[Plan]:
         plans.append(
             _plan(
                 "claim (32 of 1,000 queued)",
-                await conn.fetch(explain + pgdriver._CLAIM_ONE, "default", now, BATCH, owner, now + 30),
+                await conn.fetch(explain + pgdriver._CLAIM_PLAIN_ONE, "default", now, BATCH, owner, now + 30),
             )
         )
         ids = [r[0] for r in await conn.fetch("SELECT id FROM runner_jobs WHERE lease_owner = $1 ORDER BY id", owner)]
@@ -67,6 +67,17 @@ async def explain_hot(url: str) -> list[Plan]:
         half = len(ids) // 2
         arrays = _finish_arrays(ids[:half], tokens[:half], now)
         plans.append(_plan(f"finish, batched ({half} outcomes)", await conn.fetch(explain + pgdriver._FINISH, *arrays)))
+        # The busy worker's hot path: the previous batch finished, counted and the next claimed, one statement.
+        rest = ids[half + 1 :], tokens[half + 1 :]
+        plans.append(
+            _plan(
+                f"finish {len(rest[0])} + claim the next {BATCH}, one statement (a busy worker's cycle)",
+                await conn.fetch(
+                    explain + pgdriver._FINISH_CLAIM_ONE, *_finish_arrays(*rest, now), *_tally_arrays(rest[0], now),
+                    "default", now, BATCH, owner, now + 30,
+                ),
+            )
+        )  # fmt: skip
         one = [a[0] for a in _finish_arrays(ids[half : half + 1], tokens[half : half + 1], now)]
         plans.append(_plan("finish, one outcome (exactly-once path)", await conn.fetch(explain + pgdriver._FINISH_ONE, *one)))
         purge = shared._PURGE_FINISHED.text.replace(":before", "$1").replace(":n", "$2")
@@ -75,6 +86,13 @@ async def explain_hot(url: str) -> list[Plan]:
     finally:
         await conn.close()
     return plans
+
+
+def _tally_arrays(ids: list[int], now: float) -> tuple[list[object], ...]:
+    """The counter deltas the combined statement takes after the finish's twelve arrays."""
+    n = len(ids)
+    return (ids, ["-1"] * n, [int(now // 60)] * n, ["noop"] * n, ["default"] * n, ["succeeded"] * n, [0.001] * n,
+            [0.01] * n, [0] * n, [0] * n, [0.0] * n, [0] * n, [0.0] * n, [0.0] * n)  # fmt: skip
 
 
 def _finish_arrays(ids: list[int], tokens: list[int], now: float) -> tuple[list[object], ...]:
