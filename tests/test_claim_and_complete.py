@@ -6,7 +6,9 @@ the combined write fails."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -34,6 +36,23 @@ async def claim(driver: Driver, n: int, queues: tuple[str, ...] = ("default",)) 
     items = await driver.claim("w", list(queues), n, 30)
     assert all(isinstance(i, Attempt) for i in items)
     return items  # type: ignore[return-value]
+
+
+@contextlib.asynccontextmanager
+async def busy(driver: Driver) -> AsyncIterator[Batched]:
+    """A completer whose claim loop is claiming back to back, its writer running."""
+    completer = Batched(driver)
+    completer.claiming(True)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(completer.run)
+        yield completer
+        tg.cancel_scope.cancel()
+
+
+async def all_written(completer: Batched, within: float) -> None:
+    with anyio.fail_after(within):
+        while completer.pending:
+            await anyio.sleep(0.005)
 
 
 def counted(url: str) -> int:
@@ -117,10 +136,7 @@ async def test_the_completer_hands_outcomes_to_the_busy_claim_loop(driver: Drive
         calls.append(len(outcomes))
         return await driver.claim_and_complete("w", ["default"], 2, 30, outcomes)
 
-    completer = Batched(driver)
-    completer.claiming(True)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(completer.run)
+    async with busy(driver) as completer:
         for item in first:
             await completer.complete(done(item))
         await anyio.sleep(HAND_OVER_WAIT / 5)
@@ -133,25 +149,16 @@ async def test_the_completer_hands_outcomes_to_the_busy_claim_loop(driver: Drive
         completer.claiming(False)
         for item in second:
             await completer.complete(done(item))
-        with anyio.fail_after(HAND_OVER_WAIT * 20):
-            while completer.pending:
-                await anyio.sleep(0.005)
-        tg.cancel_scope.cancel()
+        await all_written(completer, within=HAND_OVER_WAIT * 20)
     assert {r.state for r in await driver.get_many(ids)} == {State.SUCCEEDED}
 
 
 async def test_outcomes_are_written_alone_when_the_claim_loop_does_not_come(driver: Driver) -> None:
     ids = await driver.enqueue([Envelope(name="a")])
     [item] = await claim(driver, 1)
-    completer = Batched(driver)
-    completer.claiming(True)  # busy, but it never claims again (a long job holds every slot)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(completer.run)
+    async with busy(driver) as completer:  # but it never claims again (a long job holds every slot)
         await completer.complete(done(item))
-        with anyio.fail_after(HAND_OVER_WAIT * 40):
-            while completer.pending:
-                await anyio.sleep(0.005)
-        tg.cancel_scope.cancel()
+        await all_written(completer, within=HAND_OVER_WAIT * 40)
     assert (await driver.get_many(ids))[0].state == State.SUCCEEDED
 
 
@@ -162,19 +169,13 @@ async def test_a_failed_combined_write_loses_nothing(driver: Driver) -> None:
     async def broken(outcomes: Any) -> Claimed:
         raise RuntimeError("the combined statement failed")
 
-    completer = Batched(driver)
-    completer.claiming(True)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(completer.run)
+    async with busy(driver) as completer:
         for item in first:
             await completer.complete(done(item))
         with pytest.raises(RuntimeError, match="combined statement failed"):
             await completer.claim_with(broken)
         # Written by the completer on its own, without waiting for the claim loop.
-        with anyio.fail_after(HAND_OVER_WAIT * 10):
-            while completer.pending:
-                await anyio.sleep(0.005)
-        tg.cancel_scope.cancel()
+        await all_written(completer, within=HAND_OVER_WAIT * 10)
     assert {r.state for r in await driver.get_many(ids)} == {State.SUCCEEDED}
 
 
@@ -189,16 +190,10 @@ async def test_outcomes_the_claim_did_not_write_are_written_by_the_completer(dri
     [item] = await claim(driver, 1)
     failed = decide(item, POLICY, NotRunnable(ErrorInfo(type="UnknownJob", message="no such job")), now=time.time())
     assert failed.children
-    completer = Batched(driver)
-    completer.claiming(True)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(completer.run)
+    async with busy(driver) as completer:
         await completer.complete(failed)
         await completer.claim_with(lambda outcomes: driver.claim_and_complete("w", ["default"], 1, 30, outcomes))
-        with anyio.fail_after(HAND_OVER_WAIT * 10):
-            while completer.pending:
-                await anyio.sleep(0.005)
-        tg.cancel_scope.cancel()
+        await all_written(completer, within=HAND_OVER_WAIT * 10)
     row = await driver.get(job_id)
     assert row is not None and row.state == State.FAILED
     [spawned] = await claim(driver, 1, ("mail",))
