@@ -1,6 +1,7 @@
 """``EXPLAIN (ANALYZE, BUFFERS)`` of runner's own hot statements, as runner's PostgreSQL driver
-spells them (imported from it, not copied): the claim, the batched finish, the one-outcome finish
-of the exactly-once path, and the retention purge.
+spells them (imported from it, not copied): the claim, the batched finish, a busy worker's
+finish-and-claim statement, the one-outcome finish of the exactly-once path, and the retention
+purge.
 
 Run inside one transaction that is rolled back: ``queued`` no-ops are enqueued, the claim is
 explained (ANALYZE executes it, so it really claims), then the finishes are explained on the
