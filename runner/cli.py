@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -122,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, DBAPIError) as exc:
         if isinstance(exc, OSError) and ns.command in ("serve", "dashboard"):
             raise  # a port in use, a file of the app's: not the queue database
+        threading.excepthook = _quiet_failed_open
         print(f"runner: {_unreachable(ns, exc)}", file=sys.stderr)
         return 2
     except RunnerError as exc:
@@ -139,6 +141,16 @@ def _chosen(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> argparse
         if not actions or name not in actions[0].choices:
             return parser
         parser = actions[0].choices[name]
+
+
+def _quiet_failed_open(args: threading.ExceptHookArgs) -> None:
+    """aiosqlite answers a connection that failed to open from its own thread, and when our loop
+    has already ended (we are exiting with the one-line error) that answer raises "Event loop is
+    closed" there. Nothing was lost; the traceback would only bury the line that says why."""
+    thread = getattr(args.thread, "name", "")
+    if args.exc_type is RuntimeError and "Event loop is closed" in str(args.exc_value) and "_connection_worker_thread" in thread:
+        return
+    threading.__excepthook__(args)
 
 
 def _unreachable(ns: argparse.Namespace, exc: BaseException) -> str:

@@ -329,3 +329,20 @@ def test_a_users_async_test_with_runners_fixtures_needs_no_marker(tmp_path: Path
     summary = result.stdout.strip().splitlines()[-1]
     assert "1 passed" in summary, result.stdout[-3000:]  # test_nightly ran, on a real worker
     assert "FAILED test_user.py::test_unrelated_async_test_is_left_alone" in result.stdout, "unmarked, not ours: left to pytest"
+
+
+def test_only_aiosqlites_late_answer_to_a_failed_open_is_kept_off_the_one_line_error(capsys: Any) -> None:
+    import threading
+
+    from runner.cli import _quiet_failed_open
+
+    def hook_for(name: str, exc: BaseException) -> None:
+        thread = threading.Thread(target=lambda: None, name=name)
+        _quiet_failed_open(threading.ExceptHookArgs([type(exc), exc, None, thread]))  # type: ignore[call-arg]
+
+    hook_for("Thread-1 (_connection_worker_thread)", RuntimeError("Event loop is closed"))
+    assert capsys.readouterr().err == ""
+    hook_for("Thread-2 (_connection_worker_thread)", ValueError("something else"))
+    hook_for("Thread-3 (mine)", RuntimeError("Event loop is closed"))
+    err = capsys.readouterr().err
+    assert "ValueError: something else" in err and "Thread-3 (mine)" in err
