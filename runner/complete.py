@@ -80,10 +80,9 @@ class Batched(Completer):
         self.on_requeued = on_requeued  # a retry was written: the claim loop re-reads the next run_at
         self._pending: list[Outcome] = []
         self._wake = anyio.Event()
-        # Set by the claim loop while it is claiming back to back: it will write what waits here
-        # within milliseconds, with its next claim. Outcomes the claim could not write (or whose
-        # combined write failed) are ``_alone``: this side writes them, at once.
-        self.with_claims = False
+        # Unset (``with_claims``) while the claim loop claims back to back: it will write what
+        # waits here within milliseconds, with its next claim. Outcomes the claim could not
+        # write (or whose combined write failed) are ``_alone``: this side writes them, at once.
         self._not_claiming = anyio.Event()
         self._not_claiming.set()
         self._taken = anyio.Event()
@@ -168,13 +167,16 @@ class Batched(Completer):
     def claiming(self, busy: bool) -> None:
         """The claim loop says whether it is claiming back to back (it then writes what waits
         here with its next claim) or not (idle, failing, stopped: ``run`` writes at once)."""
-        self.with_claims = busy
         if busy:
             if self._not_claiming.is_set():
                 self._not_claiming = anyio.Event()
         else:
             self._not_claiming.set()
             self._taken.set()
+
+    @property
+    def with_claims(self) -> bool:
+        return not self._not_claiming.is_set()
 
     async def until_idle(self) -> None:
         """Return once the claim loop is not claiming back to back (at once if it is not)."""

@@ -232,14 +232,13 @@ class SQLiteDriver(SQLDriver):
         self._control_ready = False
         self._last_cleanup = 0.0
         # The worker's own hot writes (claims, outcome batches) queue on this between processes.
-        self._writers = HostWriterLock(path) if path is not None else None
-        self._batch = (
-            None
-            if self._writers is None or path is None
-            else BatchWriter(
+        self._writers: HostWriterLock | None = None
+        self._batch: BatchWriter | None = None
+        if path is not None:  # in memory there is one connection, and no other process
+            self._writers = HostWriterLock(path)
+            self._batch = BatchWriter(
                 path, self._writers, finish=_FINISH.text, stats=_STATS_UPSERT.text, busy_timeout=SQLITE_BUSY_TIMEOUT_S
             )
-        )
 
     def _autocommit_options(self) -> dict[str, Any]:
         return {"runner_autocommit": True}  # session.py: no BEGIN IMMEDIATE for these
