@@ -25,7 +25,7 @@ from runner.drivers import open_driver
 from . import ref_bare
 from .costs import Meter
 from .procs import Child, python, wait_for
-from .stats import latency_figures
+from .stats import best_rate_async, latency_figures
 
 LANES = 1  # per process, each claiming c / LANES rows at a time: 1 × 32 beat 2 × 16 and 4 × 8 (28k, 22k, 14k/s)
 COPY_COLUMNS = ("name", "args", "kwargs", "queue", "run_at", "created_at")
@@ -48,23 +48,11 @@ def _rows(n: int) -> list[tuple[object, ...]]:
     return [("noop", "[]", "{}", "default", now, now)] * n
 
 
-SEGMENTS = 4
-
-
 async def single_rate(conn: asyncpg.Connection, n: int) -> float:
-    """The best of SEGMENTS runs of n / SEGMENTS calls: each call waits for a commit (a WAL
-    flush), so the figure follows the disk, which other work on the machine shares; the best
-    segment is the ceiling this disk allowed during the run."""
+    """One prepared INSERT per awaited call, best of SEGMENTS (``stats.py``)."""
     stmt = await conn.prepare(INSERT_ONE)
     await stmt.fetchval("noop", "[]", "{}", "default", time.time())  # prepared, warm
-    best = 0.0
-    k = max(1, n // SEGMENTS)
-    for _ in range(SEGMENTS):
-        t = time.perf_counter()
-        for _ in range(k):
-            await stmt.fetchval("noop", "[]", "{}", "default", time.time())
-        best = max(best, k / (time.perf_counter() - t))
-    return best
+    return await best_rate_async(lambda: stmt.fetchval("noop", "[]", "{}", "default", time.time()), n)
 
 
 async def copy_rate(conn: asyncpg.Connection, n: int, per_call: int) -> float:

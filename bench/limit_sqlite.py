@@ -19,8 +19,9 @@ import time
 
 from . import ref_bare
 from .costs import Meter
-from .limit_pg import SEGMENTS, migrate
+from .limit_pg import migrate
 from .procs import Child, python
+from .stats import best_rate
 
 INSERT = "INSERT INTO runner_jobs (name, args, kwargs, queue, run_at, created_at) VALUES (?, ?, ?, ?, ?, ?)"
 
@@ -33,17 +34,14 @@ def _connect(url: str) -> sqlite3.Connection:
 
 
 def single_rate(conn: sqlite3.Connection, n: int) -> float:
-    """Best of SEGMENTS segments, as on PostgreSQL."""
+    """One INSERT per call in autocommit, best of SEGMENTS (``stats.py``), as on PostgreSQL."""
     conn.execute(INSERT, ("noop", "[]", "{}", "default", time.time(), time.time()))
-    best = 0.0
-    k = max(1, n // SEGMENTS)
-    for _ in range(SEGMENTS):
-        t = time.perf_counter()
-        for _ in range(k):
-            now = time.time()
-            conn.execute(INSERT, ("noop", "[]", "{}", "default", now, now))
-        best = max(best, k / (time.perf_counter() - t))
-    return best
+
+    def one() -> None:
+        now = time.time()
+        conn.execute(INSERT, ("noop", "[]", "{}", "default", now, now))
+
+    return best_rate(one, n)
 
 
 def bulk_rate(conn: sqlite3.Connection, n: int, per_call: int) -> float:

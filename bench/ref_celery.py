@@ -13,7 +13,7 @@ import redis
 from . import seed
 from .procs import Child, python, wait_for
 from .settings import REDIS_URL
-from .stats import latency_figures
+from .stats import best_rate, latency_figures
 
 
 def _worker(tag: str, concurrency: int, db_url: str = "sqlite:////tmp/unused.db") -> Child:
@@ -34,10 +34,7 @@ def run_w1(n: int, n_single: int, concurrency: int) -> dict[str, float]:
 
     r = _fresh_redis()
     noop.delay()  # connect outside the timing
-    t = time.perf_counter()
-    for _ in range(n_single):
-        noop.delay()
-    sync_rate = n_single / (time.perf_counter() - t)
+    sync_rate = best_rate(noop.delay, n_single)
     r.flushdb()
     for _ in range(n):
         noop.delay()

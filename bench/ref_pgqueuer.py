@@ -17,7 +17,7 @@ from pgqueuer.queries import Queries
 from . import seed
 from .procs import Child, python, wait_for
 from .settings import REDIS_URL
-from .stats import latency_figures
+from .stats import best_rate_async, latency_figures
 from .workloads_runner import PRODUCERS
 
 
@@ -52,10 +52,7 @@ async def _one_at_a_time(url: str, n: int) -> float:
     try:
         q = Queries(AsyncpgDriver(conn))
         await q.enqueue("noop", None)
-        t = time.perf_counter()
-        for _ in range(n):
-            await q.enqueue("noop", None)
-        return n / (time.perf_counter() - t)
+        return await best_rate_async(lambda: q.enqueue("noop", None), n)
     finally:
         await conn.close()
 

@@ -28,7 +28,7 @@ from .bench_app import activate_job, app, noop
 from .costs import Meter
 from .procs import Child, python, wait_for
 from .settings import WORK
-from .stats import latency_figures
+from .stats import best_rate, best_rate_async, latency_figures
 
 PRODUCERS = 16  # concurrent async producers for the single-call async enqueue figure
 
@@ -98,10 +98,7 @@ def enqueue_sync_rate(url: str, n: int) -> float:
     a background thread for sync callers)."""
     with _producer(url):
         noop.defer()  # connect and prepare outside the timing
-        t = time.perf_counter()
-        for _ in range(n):
-            noop.defer()
-        return n / (time.perf_counter() - t)
+        return best_rate(noop.defer, n)
 
 
 async def enqueue_async_rate(url: str, n: int) -> float:
@@ -124,10 +121,7 @@ async def enqueue_one_at_a_time(url: str, n: int) -> float:
     of one enqueue, with nothing to batch with."""
     async with _async_producer(url):
         await noop.defer_async()  # connect and prepare outside the timing
-        t = time.perf_counter()
-        for _ in range(n):
-            await noop.defer_async()
-        return n / (time.perf_counter() - t)
+        return await best_rate_async(noop.defer_async, n)
 
 
 async def enqueue_bulk_rate(url: str, n: int, per_call: int | None = None) -> float:

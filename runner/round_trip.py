@@ -29,8 +29,17 @@ _short.maxstring = 40
 _short.maxother = 60
 
 
+_SCALARS: frozenset[type] = frozenset({str, int, bool, type(None)})  # float: only when finite
+
+
 def is_plain_json(value: Any) -> bool:
     """True when ``value`` decodes from JSON to an equal value (tuples count as lists)."""
+    kind = type(value)
+    # The common call first: a flat list of ids and strings, or keywords with such values.
+    if (kind is tuple or kind is list) and all(type(v) in _SCALARS for v in value):
+        return True
+    if kind is dict and all(type(k) is str and type(v) in _SCALARS for k, v in value.items()):
+        return True
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()

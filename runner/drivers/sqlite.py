@@ -34,6 +34,7 @@ from typing import Any, Final
 
 import anyio
 from sqlalchemy import bindparam, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..decide import Outcome
@@ -44,7 +45,7 @@ from .engines import SQLITE_BUSY_TIMEOUT_S
 from .file_watch import FileWatch
 from .host_lock import HostWriterLock
 from .sql import INSERT_COLUMNS, JOB_COLUMNS, SQLDriver, claim_columns, outcome_params, tally_rows
-from .sqlite_batch import BatchWriter
+from .sqlite_batch import BatchWriter, Inserts
 
 __all__ = ["SQLiteDriver", "control_path"]
 
@@ -158,6 +159,11 @@ _LAST_ID: Final = text(
     "SELECT max(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'runner_jobs'), 0),"
     " COALESCE((SELECT max(id) FROM runner_jobs), 0))"
 )
+_INSERTS: Final = Inserts(
+    one=f"INSERT INTO runner_jobs ({_INSERT_NAMES}) VALUES ({_INSERT_VALUES}) RETURNING id",
+    last_id=_LAST_ID.text,
+    with_id=_INSERT_ID.text,
+)
 
 # -- the control plane ----------------------------------------------------------------------------
 
@@ -237,7 +243,12 @@ class SQLiteDriver(SQLDriver):
         if path is not None:  # in memory there is one connection, and no other process
             self._writers = HostWriterLock(path)
             self._batch = BatchWriter(
-                path, self._writers, finish=_FINISH.text, stats=_STATS_UPSERT.text, busy_timeout=SQLITE_BUSY_TIMEOUT_S
+                path,
+                self._writers,
+                finish=_FINISH.text,
+                stats=_STATS_UPSERT.text,
+                insert=_INSERTS,
+                busy_timeout=SQLITE_BUSY_TIMEOUT_S,
             )
 
     def _autocommit_options(self) -> dict[str, Any]:
@@ -293,6 +304,14 @@ class SQLiteDriver(SQLDriver):
 
     async def _insert_many(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
         await conn.execute(_INSERT_ID, rows)
+
+    async def _insert_rows(self, rows: list[dict[str, Any]], now: float) -> list[int]:
+        if self._batch is None:
+            return await super()._insert_rows(rows, now)
+        try:
+            return await self._batch.insert(rows)
+        except sqlite3.Error as exc:  # the SQLAlchemy path's errors, so callers see one kind
+            raise DBAPIError.instance("INSERT INTO runner_jobs", None, exc, sqlite3.Error) from exc
 
     # -- claim, hold, complete -----------------------------------------------------------------
 
