@@ -80,7 +80,7 @@ class BatchWriter:
         with self._using:
             conn = self._connection()
             if len(rows) == 1:  # one statement is atomic on its own
-                return [int(conn.execute(self.inserts.one, rows[0]).fetchone()[0])]
+                return [int(conn.execute(self.inserts.one, rows[0]).fetchall()[0][0])]  # stepped to the end: committed
             conn.execute("BEGIN IMMEDIATE")
             try:
                 last = int(conn.execute(self.inserts.last_id).fetchone()[0] or 0)  # ours alone until COMMIT
