@@ -31,12 +31,10 @@ class EnqueueBatcher:
         self._is_unavailable = is_unavailable
         self._max_batch = max_batch
         self._waiting: list[tuple[Row, float, asyncio.Future[int]]] = []
-        self._lock: asyncio.Lock | None = None
+        self._lock = asyncio.Lock()  # binds to the loop that first waits on it (3.10+)
         self._inside = 0  # callers now in enqueue(), writing or waiting
 
     async def enqueue(self, row: Row, now: float) -> int:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
         self._inside += 1
         try:
             if self._inside == 1:
@@ -46,16 +44,16 @@ class EnqueueBatcher:
                 # call were a quarter of a single SQLite enqueue.)
                 async with self._lock:
                     return (await self._insert([row], now))[0]
-            return await self._batched(row, now, self._lock)
+            return await self._batched(row, now)
         finally:
             self._inside -= 1
 
-    async def _batched(self, row: Row, now: float, lock: asyncio.Lock) -> int:
+    async def _batched(self, row: Row, now: float) -> int:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         entry = (row, now, future)
         self._waiting.append(entry)
         try:
-            async with lock:
+            async with self._lock:
                 while not future.done():
                     batch = self._waiting[: self._max_batch]
                     del self._waiting[: self._max_batch]

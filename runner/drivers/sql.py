@@ -52,7 +52,7 @@ JOB_COLUMNS: Final = (
     "started_at", "finished_at", "expires_at", "timeout", "hard_timeout", "callbacks", "attempts",
 )  # fmt: skip
 
-_INSERT_ONE = text(
+INSERT_ONE: Final = text(  # a live key's conflict returns no row; a NULL key never conflicts
     f"INSERT INTO runner_jobs ({_COLS}) VALUES ({_VALUES})"
     f" ON CONFLICT (key) WHERE key IS NOT NULL AND state IN ({LIVE_STATES}) DO NOTHING RETURNING id"
 )
@@ -317,7 +317,7 @@ class SQLDriver(Driver):
             if recent is not None:
                 return int(recent), False
         for _ in range(5):
-            new_id = (await conn.execute(_INSERT_ONE, row)).scalar()
+            new_id = (await conn.execute(INSERT_ONE, row)).scalar()
             if new_id is not None:
                 return int(new_id), True
             # The key is live: hand back that job. It may finish between the two statements,

@@ -44,7 +44,7 @@ from .base import CancelResult, Claimed, JobRow, NodeRow, WorkerRow
 from .engines import SQLITE_BUSY_TIMEOUT_S
 from .file_watch import FileWatch
 from .host_lock import HostWriterLock
-from .sql import INSERT_COLUMNS, JOB_COLUMNS, SQLDriver, claim_columns, outcome_params, tally_rows
+from .sql import INSERT_COLUMNS, INSERT_ONE, JOB_COLUMNS, SQLDriver, claim_columns, outcome_params, tally_rows
 from .sqlite_batch import BatchWriter, Inserts
 
 __all__ = ["SQLiteDriver", "control_path"]
@@ -160,7 +160,7 @@ _LAST_ID: Final = text(
     " COALESCE((SELECT max(id) FROM runner_jobs), 0))"
 )
 _INSERTS: Final = Inserts(
-    one=f"INSERT INTO runner_jobs ({_INSERT_NAMES}) VALUES ({_INSERT_VALUES}) RETURNING id",
+    one=INSERT_ONE.text,
     last_id=_LAST_ID.text,
     with_id=_INSERT_ID.text,
 )
