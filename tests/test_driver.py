@@ -47,6 +47,31 @@ async def test_migrate_is_idempotent(driver: Driver) -> None:
     assert await driver.migrate() == (3, 3)
 
 
+async def test_a_migrator_that_waited_for_another_does_not_redo_its_work(broker_url: str) -> None:
+    # The race CI once lost: a host read version 0, waited for the host creating the schema, then
+    # ran the DDL again (DROP TRIGGER) beside claiming workers and deadlocked. A migrator must
+    # read the version only once it is the one migrating.
+    from runner.drivers import open_driver
+
+    first, second = open_driver(broker_url, pool_size=2), open_driver(broker_url, pool_size=2)
+    try:
+        results: list[tuple[int, int]] = []
+        async with anyio.create_task_group() as tg:
+            async with first.engine.begin() as conn:
+                assert await first._migrate(conn) == (0, 3)
+
+                async def late() -> None:
+                    results.append(await second.migrate())
+
+                tg.start_soon(late)
+                await anyio.sleep(0.3)  # the second migrator is now waiting for this transaction
+                assert results == []
+        assert results == [(3, 3)]
+    finally:
+        await first.dispose()
+        await second.dispose()
+
+
 async def test_enqueue_returns_ids_in_order_and_rows_are_readable(driver: Driver) -> None:
     ids = await driver.enqueue([Envelope(name="a", args=[i], kwargs={"k": "v"}) for i in range(5)])
     assert len(ids) == 5 and ids == sorted(ids)

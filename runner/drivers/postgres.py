@@ -349,9 +349,10 @@ class PostgresDriver(SQLDriver):
             return 0
         return await self._read_version(conn)
 
-    async def _create(self, conn: AsyncConnection, before: int) -> None:
-        # Two hosts starting at once must not race on CREATE: serialise migrators.
+    async def _serialise_migrations(self, conn: AsyncConnection) -> None:
         await conn.execute(text("SELECT pg_advisory_xact_lock(7320431)"))
+
+    async def _create(self, conn: AsyncConnection, before: int) -> None:
         if before == 1:
             from .migrate_v1 import upgrade_postgres
 

@@ -209,6 +209,15 @@ class SQLDriver(Driver):
     async def _create(self, conn: AsyncConnection, before: int) -> None:
         """Build or upgrade the schema from version ``before`` inside ``conn``'s transaction."""
 
+    async def _serialise_migrations(self, conn: AsyncConnection) -> None:
+        """Hold off every other migrator until ``conn``'s transaction ends.
+
+        The version must be read *after* this: a host that read it before waiting would redo the
+        DDL the winner just committed, and on PostgreSQL that DDL (DROP TRIGGER, CREATE OR
+        REPLACE FUNCTION) deadlocks against workers already claiming. A database whose
+        transactions already exclude each other (SQLite's BEGIN IMMEDIATE) needs nothing here.
+        """
+
     @abstractmethod
     async def _allocate_ids(self, conn: AsyncConnection, n: int) -> list[int]: ...
 
@@ -223,6 +232,7 @@ class SQLDriver(Driver):
             return await self._migrate(conn)
 
     async def _migrate(self, conn: AsyncConnection) -> tuple[int, int]:
+        await self._serialise_migrations(conn)
         before = await self._schema_version(conn)
         if before > SCHEMA_VERSION:
             raise SchemaError(
