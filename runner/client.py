@@ -131,6 +131,33 @@ class Client:
 
     # -- sync API -----------------------------------------------------------------------------
 
+    def enqueue_sync(self, envelopes: Sequence[Envelope]) -> list[JobHandle]:
+        """``enqueue`` from sync code. One row goes straight in on this thread where the database
+        allows it (SQLite: a sync ``defer()`` is one INSERT, with no hand-off to a loop);
+        everything else runs on the client's background loop."""
+        if len(envelopes) == 1:
+            driver = self._driver_here()
+            if driver is not None:
+                job_id = driver.enqueue_here(envelopes[0])
+                if job_id is not None:
+                    return [JobHandle(self, job_id)]
+        return self.run_sync(self.enqueue, envelopes)
+
+    def _driver_here(self) -> Driver | None:
+        """The background loop's driver, if this thread is a plain sync caller that may use it
+        directly (not a job's thread, whose enqueues belong to its worker's loop)."""
+        if self._bound is not None or in_worker_thread() is not None:
+            return None
+        try:
+            asyncio.get_running_loop()
+            return None  # run_sync says why the sync API is wrong here
+        except RuntimeError:
+            pass
+        portal = self._portal
+        if portal is None or self._pid != os.getpid():
+            return None
+        return self._drivers.get(portal.loop)
+
     def run_sync(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         """Run ``await fn(*args)`` from sync code: on the worker's loop from a job's thread, else
         on the client's own background loop."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +157,56 @@ def test_mixing_the_sync_and_async_api_exits_silently(broker_url: str) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stderr == "", done.stderr
     assert len(done.stdout.split()) == 3
+
+
+def test_sync_defers_from_threads_and_processes_at_once_each_get_their_own_row(sqlite_url: str) -> None:
+    """On SQLite a sync defer() writes on the caller's thread: threads and processes writing at
+    once must still each get their own id and row, and a caller that meets another writer's
+    transaction waits for it (the sync contract) instead of failing."""
+    import sqlite3
+    import threading
+
+    path = sqlite_url.split("///", 1)[1]
+    script = textwrap.dedent(
+        f"""
+        from tests.apps.basic import add, app
+        app.configure(broker={sqlite_url!r})
+        print(" ".join(str(add.defer(-1, i).id) for i in range(300)))
+        """
+    )
+    basic.app.configure(broker=sqlite_url)
+    try:
+        ids: dict[tuple[int, int], int] = {(0, 0): basic.add.defer(0, 0).id}  # the schema exists from here on
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+        other = subprocess.Popen(
+            [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+        def producer(t: int) -> None:
+            for i in range(100):
+                ids[(t + 1, i)] = basic.add.defer(t + 1, i).id
+
+        threads = [threading.Thread(target=producer, args=(t,)) for t in range(8)]
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # every writer meets a held lock at the start
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+        holder.execute("COMMIT")
+        holder.close()
+        for thread in threads:
+            thread.join(60)
+        out, err = other.communicate(timeout=60)
+        assert other.returncode == 0, err
+    finally:
+        basic.app.client.close()
+        basic.app.configure(broker="sqlite:///runner.db")
+    theirs = [int(x) for x in out.split()]
+    assert len(ids) == 801 and len(theirs) == 300
+    assert len(set(ids.values()) | set(theirs)) == 1101, "every caller got an id of its own"
+    rows = {
+        i: (x, y)
+        for i, x, y in sql(sqlite_url, "SELECT id, json_extract(args, '$[0]'), json_extract(args, '$[1]') FROM runner_jobs")
+    }
+    assert all(rows[job_id] == key for key, job_id in ids.items()), "each id is the caller's own row"
+    assert sorted(rows[i] for i in theirs) == [(-1, i) for i in range(300)]

@@ -6,6 +6,7 @@ the path a row takes: enqueue -> claim (decoded once) -> decide -> one guarded w
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from typing import Any
@@ -122,13 +123,36 @@ async def test_concurrent_single_enqueues_share_statements_and_each_gets_its_own
 
     monkeypatch.setattr(driver, "_insert_rows", counting)
     ids: dict[int, int] = {}
+    ticks: list[float] = []
 
     async def one(i: int) -> None:
         (ids[i],) = await driver.enqueue([Envelope(name="single", args=[i], priority=i % 3)])
 
+    async def ticker() -> None:
+        while len(ids) < 200:
+            ticks.append(time.monotonic())
+            await anyio.sleep(0.01)
+
+    other = None
+    if driver.backend == "sqlite":
+        # A lone row is written on the loop when SQLite's writer is free, and then nobody waits:
+        # there is nothing to share. Held by another writer, every caller must wait off the
+        # loop (the loop keeps running) and the waiting callers share the next write.
+        import sqlite3
+
+        other = sqlite3.connect(driver.path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
     async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
         for i in range(200):
             tg.start_soon(one, i)
+        if other is not None:
+            await anyio.sleep(0.3)
+            assert not ids, "nothing is written while another connection holds the writer"
+            other.execute("COMMIT")
+            other.close()
+    if other is not None:
+        assert sum(1 for a, b in itertools.pairwise(ticks) if b - a < 0.1) >= 20, f"the loop stalled while waiting: {ticks}"
     assert len(set(ids.values())) == 200
     assert sum(writes) == 200 and len(writes) < 20, f"200 concurrent callers took {len(writes)} writes: {writes}"
     rows = {r.id: r for r in await driver.get_many(list(ids.values()))}

@@ -191,6 +191,12 @@ class Driver(ABC):
         """Insert jobs; returns their ids in order. A job whose idempotency key is live returns
         the live job's id. With ``conn``, inside the caller's transaction."""
 
+    def enqueue_here(self, envelope: Envelope) -> int | None:
+        """One job written on the calling thread, for a sync producer: its id, or None where
+        this database cannot (the caller then goes through ``enqueue`` on its loop). Safe from
+        any thread once ``ensure_schema`` has run on this driver."""
+        return None
+
     # -- the worker: claim, hold, complete ------------------------------------------------------
 
     @abstractmethod

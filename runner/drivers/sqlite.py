@@ -39,12 +39,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..decide import Outcome
 from ..schema import STATS_SUMS, Dialect, job_indexes, job_table, nodes_table, side_tables, workers_table
-from ..wire import MAX_HISTORY, Attempt, BadRow
+from ..wire import MAX_HISTORY, Attempt, BadRow, Envelope
 from .base import CancelResult, Claimed, JobRow, NodeRow, WorkerRow
 from .engines import SQLITE_BUSY_TIMEOUT_S
 from .file_watch import FileWatch
 from .host_lock import HostWriterLock
-from .sql import INSERT_COLUMNS, INSERT_ONE, JOB_COLUMNS, SQLDriver, claim_columns, outcome_params, tally_rows
+from .sql import INSERT_COLUMNS, INSERT_ONE, JOB_COLUMNS, SQLDriver, claim_columns, insert_row, outcome_params, tally_rows
 from .sqlite_batch import BatchWriter, Inserts
 
 __all__ = ["SQLiteDriver", "control_path"]
@@ -309,8 +309,21 @@ class SQLiteDriver(SQLDriver):
         if self._batch is None:
             return await super()._insert_rows(rows, now)
         try:
+            if len(rows) == 1:
+                job_id = self._batch.insert_here(rows[0], wait=False)  # on the loop, if nobody writes
+                if job_id is not None:
+                    return [job_id]
             return await self._batch.insert(rows)
         except sqlite3.Error as exc:  # the SQLAlchemy path's errors, so callers see one kind
+            raise DBAPIError.instance("INSERT INTO runner_jobs", None, exc, sqlite3.Error) from exc
+
+    def enqueue_here(self, envelope: Envelope) -> int | None:
+        if self._batch is None or not self._schema_checked or envelope.key is not None or envelope.after or envelope.after_batch:
+            return None
+        row = insert_row(envelope, time.time(), self.max_payload)  # bad input fails here, as on every path
+        try:
+            return self._batch.insert_here(row, wait=True)
+        except sqlite3.Error as exc:
             raise DBAPIError.instance("INSERT INTO runner_jobs", None, exc, sqlite3.Error) from exc
 
     # -- claim, hold, complete -----------------------------------------------------------------
