@@ -45,7 +45,7 @@ from .engines import SQLITE_BUSY_TIMEOUT_S
 from .file_watch import FileWatch
 from .host_lock import HostWriterLock
 from .sql import INSERT_COLUMNS, INSERT_ONE, JOB_COLUMNS, SQLDriver, claim_columns, insert_row, outcome_params, tally_rows
-from .sqlite_batch import BatchWriter, Inserts
+from .sqlite_batch import BatchWriter, Inserts, finish_outcomes
 
 __all__ = ["SQLiteDriver", "control_path"]
 
@@ -407,7 +407,17 @@ class SQLiteDriver(SQLDriver):
     async def _finish_each(self, conn: AsyncConnection, outcomes: Sequence[Outcome]) -> list[tuple[int, bool]]:
         """Inside the write transaction (BEGIN IMMEDIATE holds SQLite's one write lock), so the
         rows read first are exactly the rows the guarded write then matches: three statements
-        for the batch (executemany cannot return rows), counters for just those rows."""
+        for the batch (executemany cannot return rows), counters for just those rows.
+
+        Run as one call on the connection's own thread where the driver allows it: through
+        SQLAlchemy each statement crosses from the loop to aiosqlite's thread three or four
+        times, and a job's completion (the exactly-once path) holds SQLite's one write lock for
+        all of them."""
+        aio = (await conn.get_raw_connection()).driver_connection
+        run, sqlite_conn = getattr(aio, "_execute", None), getattr(aio, "_conn", None)  # aiosqlite's own thread
+        if run is not None and isinstance(sqlite_conn, sqlite3.Connection):
+            done = await run(finish_outcomes, sqlite_conn, outcomes, _FINISH.text, _STATS_UPSERT.text)
+            return list(done or ())
         rows = (await conn.execute(_STILL_OURS_DEPS, {"ids": [o.job_id for o in outcomes]})).all()
         live = {int(i): (token, bool(has)) for i, token, has in rows}
         mine = [o for o in outcomes if o.job_id in live and live[o.job_id][0] == o.token]

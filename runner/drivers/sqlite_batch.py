@@ -40,7 +40,7 @@ from ..decide import Outcome
 from .host_lock import HostWriterLock, lock_path
 from .sql import outcome_params, tally_rows
 
-__all__ = ["BatchWriter", "Inserts"]
+__all__ = ["BatchWriter", "Inserts", "finish_outcomes"]
 
 # The guard's read, with the ids as one JSON parameter (sqlite3 has no expanding lists).
 _LIVE: Final = (
@@ -94,8 +94,8 @@ class BatchWriter:
     def _insert(self, rows: Sequence[Mapping[str, Any]]) -> list[int]:
         with self._using:
             conn = self._connection()
-            if len(rows) == 1:  # one statement is atomic on its own
-                return [int(conn.execute(self.inserts.one, rows[0]).fetchall()[0][0])]  # stepped to the end: committed
+            if len(rows) == 1:
+                return [_insert_one(conn, self.inserts.one, rows[0], wait=True) or 0]  # waits: never None
             conn.execute("BEGIN IMMEDIATE")
             try:
                 last = int(conn.execute(self.inserts.last_id).fetchone()[0] or 0)  # ours alone until COMMIT
@@ -166,15 +166,11 @@ class BatchWriter:
         try:
             written = 0
             if outcomes:
-                live = {i: (token, has) for i, token, has in conn.execute(_LIVE, (_encode([o.job_id for o in outcomes]),))}
-                if any(has for _, has in live.values()):  # dependants to release: the full path
+                done = finish_outcomes(conn, outcomes, self.finish, self.stats, with_dependants=False)
+                if done is None:  # dependants to release: the full path
                     conn.execute("ROLLBACK")
                     return None
-                mine = [o for o in outcomes if o.job_id in live and live[o.job_id][0] == o.token]
-                if mine:
-                    conn.executemany(self.finish, [outcome_params(o) for o in mine])
-                    conn.executemany(self.stats, tally_rows(mine, lanes=False))
-                written = len(mine)
+                written = len(done)
             rows = conn.execute(claim, params).fetchall() if claim is not None else []
             conn.execute("COMMIT")
         except BaseException:
@@ -215,3 +211,20 @@ def _insert_one(conn: sqlite3.Connection, statement: str, row: Mapping[str, Any]
             conn.execute("ROLLBACK")
         raise
     return job_id
+
+
+def finish_outcomes(
+    conn: sqlite3.Connection, outcomes: Sequence[Outcome], finish: str, stats: str, *, with_dependants: bool = True
+) -> list[tuple[int, bool]] | None:
+    """Inside a write transaction: the guarded outcome writes and their counters, for exactly
+    the rows still running under the outcome's token (read first: BEGIN IMMEDIATE holds the one
+    write lock, so the rows read are the rows then written). ``(id, has dependants)`` of each
+    written; None, with nothing written, if one has dependants and ``with_dependants`` is off."""
+    live = {i: (token, bool(has)) for i, token, has in conn.execute(_LIVE, (_encode([o.job_id for o in outcomes]),))}
+    if not with_dependants and any(has for _, has in live.values()):
+        return None
+    mine = [o for o in outcomes if o.job_id in live and live[o.job_id][0] == o.token]
+    if mine:
+        conn.executemany(finish, [outcome_params(o) for o in mine])
+        conn.executemany(stats, tally_rows(mine, lanes=False))
+    return [(o.job_id, live[o.job_id][1]) for o in mine]
