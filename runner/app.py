@@ -17,7 +17,7 @@ import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Final, Generic, ParamSpec, TypeVar, overload
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -118,6 +118,9 @@ class JobOptions:
     with_results: bool = False  # with depends_on: prepend the list of the parents' results
 
 
+NO_OPTIONS: Final = JobOptions()  # a Call made without options: Call.envelope's fast path
+
+
 OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(JobOptions))
 
 
@@ -164,12 +167,14 @@ class Call:
     job: JobDef[Any, Any]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    options: JobOptions = JobOptions()
+    options: JobOptions = NO_OPTIONS
 
     def envelope(self, now: float, *, check_arguments: bool = True) -> Envelope:
         """The row this call writes. Every option is checked here, the same way for every
         database, so a bad one is an ``ArgumentsError`` naming it and what is accepted."""
         job, opts = self.job, self.options
+        if opts is NO_OPTIONS and job.plain:
+            return self._plain_envelope(check_arguments)
         check_arguments = check_arguments and not (opts.depends_on and opts.with_results)  # results come first, later
         bound = job.bind(self.args, self.kwargs) if check_arguments or job.keyed else None
         if bound is not None and check_arguments and job.faithful_arguments:
@@ -205,6 +210,16 @@ class Call:
             callbacks=self._callbacks(),
             **self._dependencies(),
         )
+
+    def _plain_envelope(self, check_arguments: bool) -> Envelope:
+        """No options, and a job with no limits or expiry: only the arguments to check. (The
+        bulk path's common case: this is a third of what ``envelope`` costs otherwise.)"""
+        job = self.job
+        if check_arguments:
+            bound = job.bind(self.args, self.kwargs)
+            if job.faithful_arguments:
+                check_round_trip(job.name, self.args, self.kwargs, bound.arguments, job.bind)
+        return Envelope(name=job.name, args=list(self.args), kwargs=self.kwargs, queue=job.queue, priority=job.priority)
 
     def _dependencies(self) -> dict[str, Any]:
         opts = self.options
@@ -326,6 +341,12 @@ class JobDef(Generic[P, R]):
     @property
     def max_attempts(self) -> int:
         return self.policy.max_attempts
+
+    @property
+    def plain(self) -> bool:
+        """No limits and no expiry: a call without options writes name, arguments, queue and
+        priority, nothing else."""
+        return self.concurrency is None and self.rate is None and self.expires is None
 
     def limit_columns(self, arguments: Mapping[str, Any], opts: JobOptions) -> dict[str, Any]:
         """The flow-control columns of one call (limits.py): keys computed from its arguments."""

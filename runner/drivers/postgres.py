@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -39,7 +40,7 @@ from ..rows import CLAIM_COLUMNS
 from ..schema import BUCKETS, STATS_SUMS, Dialect, constraints, job_indexes, job_table, nodes_table, side_tables, workers_table
 from ..wire import MAX_DEPTH, MAX_HISTORY, PROTOCOL_VERSION, Attempt, BadRow, Envelope
 from .base import Claimed
-from .sql import COPY_FROM, INSERT_COLUMNS, JOB_COLUMNS, SQLDriver, claim_columns, outcome_params, tally_of, tally_rows
+from .sql import COPY_FROM, INSERT_COLUMNS, JOB_COLUMNS, SQLDriver, claim_columns, needed, outcome_params, tally_of, tally_rows
 
 __all__ = ["PostgresDriver", "plain_dsn"]
 
@@ -299,7 +300,6 @@ _INSERT_MANY: Final = text(
 _NEXT_IDS: Final = text("SELECT array_agg(nextval('runner_jobs_id_seq'::regclass)) FROM generate_series(1, :n)")
 _NEXT_IDS_RAW: Final = _NEXT_IDS.text.replace(":n", "$1::int")
 _INSERT_MANY_RAW: Final = _INSERT_MANY.text.replace(":rows", "$1::text")
-_COPY_COLUMNS: Final = ("id", *INSERT_COLUMNS)
 
 _REQUEST_CANCEL: Final = text("UPDATE runner_jobs SET cancel_requested = 1 WHERE id = :id AND state = 'running'")
 _CANCEL_REQUESTS: Final = (
@@ -410,9 +410,10 @@ class PostgresDriver(SQLDriver):
             records = _copy_records(envelopes, now, self.max_payload)
             if records is not None:
                 ids = await self._allocate_ids(conn, len(envelopes))
+                columns, pick = _copy_plan(records)
                 raw: Any = (await conn.get_raw_connection()).driver_connection
                 await raw.copy_records_to_table(
-                    "runner_jobs", records=[(i, *r) for i, r in zip(ids, records)], columns=_COPY_COLUMNS
+                    "runner_jobs", records=[(i, *pick(r)) for i, r in zip(ids, records)], columns=columns
                 )
                 return ids
         return await super()._enqueue(conn, envelopes, now)
@@ -727,6 +728,12 @@ def _copy_records(envelopes: Sequence[Envelope], now: float, max_payload: int) -
     except (TypeError, msgspec.EncodeError, OverflowError, ValueError, RecursionError):
         return None
     return records
+
+
+def _copy_plan(records: list[tuple[Any, ...]]) -> tuple[tuple[str, ...], Callable[[tuple[Any, ...]], tuple[Any, ...]]]:
+    """The columns to COPY for ``records`` (``needed``; ids first) and how to pick them from a record."""
+    keep = [i for i, column in enumerate(INSERT_COLUMNS) if needed(column, map(operator.itemgetter(i), records))]
+    return ("id", *(INSERT_COLUMNS[i] for i in keep)), operator.itemgetter(*keep)  # >= 7 columns: a tuple
 
 
 def _finish_arrays(outcomes: Sequence[Outcome]) -> tuple[list[Any], ...]:

@@ -159,11 +159,7 @@ _LAST_ID: Final = text(
     "SELECT max(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'runner_jobs'), 0),"
     " COALESCE((SELECT max(id) FROM runner_jobs), 0))"
 )
-_INSERTS: Final = Inserts(
-    one=INSERT_ONE.text,
-    last_id=_LAST_ID.text,
-    with_id=_INSERT_ID.text,
-)
+_INSERTS: Final = Inserts(one=INSERT_ONE.text, last_id=_LAST_ID.text)
 
 # -- the control plane ----------------------------------------------------------------------------
 
@@ -316,6 +312,18 @@ class SQLiteDriver(SQLDriver):
             return await self._batch.insert(rows)
         except sqlite3.Error as exc:  # the SQLAlchemy path's errors, so callers see one kind
             raise DBAPIError.instance("INSERT INTO runner_jobs", None, exc, sqlite3.Error) from exc
+
+    async def enqueue(self, envelopes: Sequence[Envelope], conn: AsyncConnection | None = None) -> list[int]:
+        if (
+            conn is None
+            and self._batch is not None
+            and len(envelopes) > 1
+            and all(e.key is None and not e.after and not e.after_batch for e in envelopes)
+        ):
+            # Keyless rows, all or none: one transaction run as one call on a thread.
+            now = time.time()
+            return await self._insert_rows([insert_row(e, now, self.max_payload) for e in envelopes], now)
+        return await super().enqueue(envelopes, conn)
 
     def enqueue_here(self, envelope: Envelope) -> int | None:
         if self._batch is None or not self._schema_checked or envelope.key is not None or envelope.after or envelope.after_batch:

@@ -27,6 +27,7 @@ no checkpoint on the loop), and otherwise takes the thread.
 from __future__ import annotations
 
 import fcntl
+import operator
 import os
 import sqlite3
 import threading
@@ -38,7 +39,7 @@ import msgspec
 
 from ..decide import Outcome
 from .host_lock import HostWriterLock, lock_path
-from .sql import outcome_params, tally_rows
+from .sql import INSERT_COLUMNS, bulk_insert_sql, needed, outcome_params, tally_rows
 
 __all__ = ["BatchWriter", "Inserts", "finish_outcomes"]
 
@@ -58,7 +59,6 @@ class Inserts(msgspec.Struct, frozen=True):
 
     one: str  # one row, its id from RETURNING
     last_id: str  # the highest id handed out so far
-    with_id: str  # one row with its id given
 
 
 class BatchWriter:
@@ -96,11 +96,14 @@ class BatchWriter:
             conn = self._connection()
             if len(rows) == 1:
                 return [_insert_one(conn, self.inserts.one, rows[0], wait=True) or 0]  # waits: never None
+            columns = [c for c in INSERT_COLUMNS if needed(c, map(operator.itemgetter(c), rows))]
+            statement = bulk_insert_sql(columns)
+            pick = operator.itemgetter(*columns)  # >= 7 columns: a tuple
             conn.execute("BEGIN IMMEDIATE")
             try:
                 last = int(conn.execute(self.inserts.last_id).fetchone()[0] or 0)  # ours alone until COMMIT
                 ids = list(range(last + 1, last + 1 + len(rows)))
-                conn.executemany(self.inserts.with_id, [{**row, "id": new_id} for row, new_id in zip(rows, ids)])
+                conn.executemany(statement, [(new_id, *pick(row)) for row, new_id in zip(rows, ids)])
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
