@@ -17,6 +17,7 @@ from sqlalchemy import text
 
 from runner.decide import GaveBack, NotRunnable, Raised, Returned, WorkerLost, decide
 from runner.drivers import CancelResult, Driver, JobFilter, WorkerRow
+from runner.drivers.sql import INSERT_COLUMNS
 from runner.errors import PayloadTooLarge
 from runner.policy import Policy
 from runner.wire import Attempt, BadRow, Callbacks, ChildSpec, Envelope, ErrorInfo, State
@@ -101,6 +102,24 @@ async def test_bulk_enqueue_of_many_rows(driver: Driver) -> None:
             await driver.enqueue([Envelope(name="rolled-back") for _ in range(800)], conn)
             await txn.rollback()
     assert len(await driver.get_many(list(range(1, 10_000)))) == 3000, "a rejected or rolled-back bulk insert leaves nothing"
+
+
+@pytest.mark.parametrize("n", [50, 600])  # 600: PostgreSQL's COPY path
+async def test_a_bulk_insert_writes_every_column_as_single_inserts_do(driver: Driver, broker_url: str, n: int) -> None:
+    # A bulk insert sends only the columns some row of the batch sets; a column one row sets
+    # and the others leave alone must still come out as a single insert writes it.
+    odd: list[dict[str, Any]] = [
+        {"max_attempts": 7}, {"expires_at": time.time() + 99}, {"timeout": 2.5}, {"hard_timeout": 9.0},
+        {"concurrency_key": "k", "concurrency_limit": 3}, {"rate_key": "r", "rate_limit": 5, "rate_period": 1.0},
+        {"parent_id": 11}, {"root_id": 12}, {"meta": {"m": 1}}, {"group_id": "g"}, {"queue": "other", "priority": -4},
+    ]  # fmt: skip
+    envelopes = [Envelope(name="bulk", args=[i], **(odd[i % 40] if i % 40 < len(odd) else {})) for i in range(n)]
+    many = await driver.enqueue(envelopes)
+    one = [(await driver.enqueue([e]))[0] for e in envelopes]
+    columns = [c for c in INSERT_COLUMNS if c not in ("run_at", "created_at", "key")] + ["attempt", "lease_token", "attempts"]
+    read = {r[0]: r[1:] for r in sql(broker_url, f"SELECT id, {', '.join(columns)} FROM runner_jobs")}
+    assert [read[i] for i in many] == [read[i] for i in one]
+    assert read[many[0]][columns.index("max_attempts")] == 7 and read[many[1]][columns.index("max_attempts")] is None
 
 
 async def test_payload_limit_counts_bytes_of_every_json_column(driver: Driver) -> None:
