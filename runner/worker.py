@@ -353,9 +353,14 @@ class Worker:
                 self.held[item.id] = item
                 self.inbox.put_nowait(item)
             # Busy: the jobs just claimed end into the buffer, and the next claim writes them.
-            # Idle: outcomes are written at once, by the completer.
-            self.completer.claiming(bool(claimed))
+            # Idle: outcomes are written at once, by the completer. Fewer jobs than free slots
+            # means the claim saw no more runnable work: claiming again at once would only ask
+            # the database the same question (anything new since sets ``wake``).
+            self.completer.claiming(len(claimed) >= free)
+            if len(claimed) >= free:
+                continue
             if claimed:
+                await self._idle()
                 continue
             if self.settings.burst and await self._burst_finished():
                 self.stop_reason = StopReason.BURST_DONE
@@ -365,6 +370,8 @@ class Worker:
     async def _idle(self) -> None:
         """Sleep until poked (NOTIFY, a change to the SQLite file, a slot freed), the earliest
         delayed job is due, or the poll interval passes."""
+        if self.wake.is_set():
+            return  # poked since the claim: claim again before asking anything else
         timeout = self.driver.idle_poll(self.settings.poll_interval)
         try:
             due = await self.driver.next_run_at(self.queues)

@@ -40,7 +40,18 @@ from ..rows import CLAIM_COLUMNS
 from ..schema import BUCKETS, STATS_SUMS, Dialect, constraints, job_indexes, job_table, nodes_table, side_tables, workers_table
 from ..wire import MAX_DEPTH, MAX_HISTORY, PROTOCOL_VERSION, Attempt, BadRow, Envelope
 from .base import Claimed
-from .sql import COPY_FROM, INSERT_COLUMNS, JOB_COLUMNS, SQLDriver, claim_columns, needed, outcome_params, tally_of, tally_rows
+from .sql import (
+    COPY_FROM,
+    INSERT_COLUMNS,
+    JOB_COLUMNS,
+    NEXT_RUN_AT_ANY,
+    SQLDriver,
+    claim_columns,
+    needed,
+    outcome_params,
+    tally_of,
+    tally_rows,
+)
 
 __all__ = ["PostgresDriver", "plain_dsn"]
 
@@ -466,6 +477,12 @@ class PostgresDriver(SQLDriver):
         async with self._raw() as pg:
             rows = await pg.fetch(_RENEW, list(held), list(held.values()), time.time() + lease_ttl)
         return {r[0] for r in rows}
+
+    async def _next_run_at(self, queues: Sequence[str], now: float) -> tuple[Any, Any]:
+        # Every idle worker asks this after each empty claim: the raw path, as for the claim.
+        async with self._raw() as pg:
+            row = await pg.fetchrow(NEXT_RUN_AT_ANY, list(queues), now)
+        return row[0], row[1]
 
     async def held_by(self, owner: str) -> list[Attempt | BadRow]:
         async with self._raw() as pg:

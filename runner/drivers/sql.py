@@ -127,6 +127,11 @@ _HAS_RUNNING = text("SELECT 1 FROM runner_jobs WHERE state = 'running' AND queue
 )
 # The earliest future run_at, and whether jobs are runnable now in an unpaused queue yet were not
 # claimed: held back by a concurrency or rate limit, which a finish or the next window lifts.
+NEXT_RUN_AT_ANY: Final = (  # the same, the queues as one array parameter (PostgreSQL's raw path)
+    "SELECT (SELECT min(run_at) FROM runner_jobs WHERE state = 'queued' AND queue = ANY($1::text[]) AND run_at > $2),"
+    " EXISTS (SELECT 1 FROM runner_jobs WHERE state = 'queued' AND queue = ANY($1::text[]) AND run_at <= $2"
+    f" AND {_UNPAUSED})"
+)
 _NEXT_RUN_AT = text(
     f"""
     SELECT (SELECT min(run_at) FROM runner_jobs WHERE state = 'queued' AND queue IN :queues AND run_at > :now),
@@ -374,12 +379,17 @@ class SQLDriver(Driver):
 
     async def next_run_at(self, queues: Sequence[str]) -> float | None:
         now = time.time()
-        async with self._auto.connect() as conn:
-            future, held_back = (await conn.execute(_NEXT_RUN_AT, {"queues": list(queues), "now": now})).one()
+        future, held_back = await self._next_run_at(queues, now)
         due = float(future) if isinstance(future, (int, float)) and future == future else None
         if held_back:
             due = min(due, now + HELD_BACK_RECHECK) if due is not None else now + HELD_BACK_RECHECK
         return due
+
+    async def _next_run_at(self, queues: Sequence[str], now: float) -> tuple[Any, Any]:
+        """(earliest future run_at, whether runnable jobs are held back by a limit)."""
+        async with self._auto.connect() as conn:
+            row = (await conn.execute(_NEXT_RUN_AT, {"queues": list(queues), "now": now})).one()
+        return row[0], row[1]
 
     # -- complete -------------------------------------------------------------------------------
 
