@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 
 from runner.decide import GaveBack, NotRunnable, Raised, Returned, WorkerLost, decide
-from runner.drivers import CancelResult, Driver, JobFilter, WorkerRow
+from runner.drivers import CancelResult, Driver, JobFilter, WorkerRow, open_driver
 from runner.drivers.sql import INSERT_COLUMNS
 from runner.errors import PayloadTooLarge
 from runner.policy import Policy
@@ -55,9 +55,13 @@ async def test_a_migrator_that_waited_for_another_does_not_redo_its_work(broker_
     # read the version only once it is the one migrating.
     from runner.drivers import open_driver
 
-    first, second = open_driver(broker_url, pool_size=2), open_driver(broker_url, pool_size=2)
+    first, second = open_driver(broker_url, pool_size=2), open_driver(broker_url, pool_size=1, max_overflow=0)
     try:
         results: list[tuple[int, int]] = []
+        # The second migrator's one connection has looked before (and found no schema): what it
+        # learned then must not outlive the wait (PostgreSQL caches catalog lookups per backend).
+        async with second._auto.connect() as conn:
+            assert await second._schema_version(conn) == 0
         async with anyio.create_task_group() as tg:
             async with first.engine.begin() as conn:
                 assert await first._migrate(conn) == (0, 3)
@@ -72,6 +76,39 @@ async def test_a_migrator_that_waited_for_another_does_not_redo_its_work(broker_
     finally:
         await first.dispose()
         await second.dispose()
+
+
+async def test_a_postgresql_migrator_sees_the_schema_another_committed_while_it_waited(pg_url: str) -> None:
+    # What CI hit twice: a backend that had looked for runner_meta (not there yet) began its
+    # migration, waited for another host's migration lock, and still believed the table missing
+    # once it had the lock (to_regclass answers from the backend's catalog cache, which that wait
+    # does not refresh). It redid the DDL beside claiming workers and deadlocked on DROP TRIGGER.
+    import asyncpg
+
+    creator = await asyncpg.connect(pg_url)
+    late = open_driver(pg_url, pool_size=1, max_overflow=0)  # one backend: it keeps what it learned
+    try:
+        async with late._auto.connect() as conn:
+            assert await late._schema_version(conn) == 0
+        await creator.execute("BEGIN")
+        await creator.execute("SELECT pg_advisory_xact_lock(7320431)")  # the migrators' lock
+        await creator.execute("CREATE TABLE runner_meta (name TEXT, value TEXT)")
+        await creator.execute("INSERT INTO runner_meta VALUES ('schema_version', '3')")
+        seen: list[int] = []
+
+        async def migrate_later() -> None:
+            async with late.engine.begin() as conn:
+                await late._serialise_migrations(conn)
+                seen.append(await late._schema_version(conn))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(migrate_later)
+            await anyio.sleep(0.3)  # waiting for the lock, in its transaction
+            await creator.execute("COMMIT")
+        assert seen == [3]
+    finally:
+        await creator.close()
+        await late.dispose()
 
 
 async def test_enqueue_returns_ids_in_order_and_rows_are_readable(driver: Driver) -> None:

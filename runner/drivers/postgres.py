@@ -312,6 +312,10 @@ _NEXT_IDS: Final = text("SELECT array_agg(nextval('runner_jobs_id_seq'::regclass
 _NEXT_IDS_RAW: Final = _NEXT_IDS.text.replace(":n", "$1::int")
 _INSERT_MANY_RAW: Final = _INSERT_MANY.text.replace(":rows", "$1::text")
 
+_META_EXISTS: Final = text(
+    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relname = 'runner_meta' AND relkind IN ('r', 'p')"
+    " AND pg_catalog.pg_table_is_visible(oid))"
+)
 _REQUEST_CANCEL: Final = text("UPDATE runner_jobs SET cancel_requested = 1 WHERE id = :id AND state = 'running'")
 _CANCEL_REQUESTS: Final = (
     "SELECT id FROM runner_jobs AS j WHERE id = ANY($1::bigint[]) AND " + _IS_RUNNING + " AND cancel_requested = 1"
@@ -356,7 +360,11 @@ class PostgresDriver(SQLDriver):
     # -- schema ---------------------------------------------------------------------------------
 
     async def _schema_version(self, conn: AsyncConnection) -> int:
-        if not (await conn.execute(text("SELECT to_regclass('runner_meta') IS NOT NULL"))).scalar():
+        # pg_class read as a table (this statement's snapshot), not to_regclass: a backend whose
+        # catalog cache learned "no runner_meta" before it waited for another migrator keeps
+        # believing it after that migrator commits, and would redo the DDL beside claiming
+        # workers (a deadlock on DROP TRIGGER, seen in CI).
+        if not (await conn.execute(_META_EXISTS)).scalar():
             return 0
         return await self._read_version(conn)
 
