@@ -372,6 +372,9 @@ class Worker:
         delayed job is due, or the poll interval passes."""
         if self.wake.is_set():
             return  # poked since the claim: claim again before asking anything else
+        # Read before the query below: jobs held now may end (and their outcomes be written)
+        # while it runs, and nothing pokes the loop for that -- yet a burst must then end.
+        tail = self.settings.burst and bool(self.held or self.completer.pending)
         timeout = self.driver.idle_poll(self.settings.poll_interval)
         try:
             due = await self.driver.next_run_at(self.queues)
@@ -379,7 +382,7 @@ class Worker:
             due = None
         if due is not None:
             timeout = max(0.0, min(timeout, due - time.time()))
-        if self.settings.burst and (self.held or self.completer.pending):
+        if tail or (self.settings.burst and (self.held or self.completer.pending)):
             timeout = min(timeout, BURST_TAIL_CHECK)  # the end of a burst is near: look again soon
         with anyio.move_on_after(timeout):
             await self.wake.wait()
