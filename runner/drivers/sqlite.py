@@ -281,8 +281,19 @@ class SQLiteDriver(SQLDriver):
         return versions
 
     async def ensure_schema(self) -> None:
-        await super().ensure_schema()
-        await self._ensure_control()
+        if self._schema_checked and self._control_ready:
+            return
+        # The host's workers start together, often on a file that does not exist yet: until
+        # one of them has switched it to WAL, SQLite is in rollback-journal mode, where two
+        # connections upgrading their locks at once get SQLITE_BUSY at once, not after the busy
+        # timeout (a slot then failed to start, 1 CI run in ~10). So a file not yet in WAL is
+        # set up one process at a time, on the host lock -- and only then: a worker claiming
+        # may hold that lock while it waits behind a long job transaction, and a CLI command or
+        # a producer on a ready file must never wait for it.
+        setup = self._writer() if self.path is not None and not _in_wal_mode(self.path) else contextlib.nullcontext()
+        async with setup:
+            await super().ensure_schema()
+            await self._ensure_control()
 
     async def _ensure_control(self) -> None:
         if self._control_ready:
@@ -619,3 +630,14 @@ def _claim_params(owner: str, queues: Sequence[str], n: int, lease_ttl: float) -
     params: dict[str, Any] = {"now": now, "n": n, "owner": owner, "lease_until": now + lease_ttl}
     params.update({f"q{i}": q for i, q in enumerate(queues)})
     return params
+
+
+def _in_wal_mode(path: str) -> bool:
+    """Whether the database file exists and is in WAL mode (its header's read and write
+    versions, bytes 18 and 19, are 2): read straight from the file, without opening SQLite."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(20)
+    except OSError:
+        return False
+    return len(header) == 20 and header[18] == 2 and header[19] == 2
