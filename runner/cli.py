@@ -115,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns, extra = parser.parse_known_args(argv)
     if extra:  # argparse would blame the top-level command; the subcommand's usage helps more
         _chosen(parser, ns).error(f"unrecognized arguments: {' '.join(extra)}")
+    if ns.command not in ("serve", "dashboard"):
+        # Before the command runs, not when its error is caught: aiosqlite's late answer can
+        # reach its thread's excepthook while the command is still unwinding.
+        threading.excepthook = _quiet_failed_open
     try:
         return _dispatch(ns)
     except ConfigError as exc:
@@ -123,7 +127,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, DBAPIError) as exc:
         if isinstance(exc, OSError) and ns.command in ("serve", "dashboard"):
             raise  # a port in use, a file of the app's: not the queue database
-        threading.excepthook = _quiet_failed_open
         print(f"runner: {_unreachable(ns, exc)}", file=sys.stderr)
         return 2
     except RunnerError as exc:
