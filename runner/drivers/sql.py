@@ -127,18 +127,15 @@ _HAS_RUNNING = text("SELECT 1 FROM runner_jobs WHERE state = 'running' AND queue
 )
 # The earliest future run_at, and whether jobs are runnable now in an unpaused queue yet were not
 # claimed: held back by a concurrency or rate limit, which a finish or the next window lifts.
-NEXT_RUN_AT_ANY: Final = (  # the same, the queues as one array parameter (PostgreSQL's raw path)
-    "SELECT (SELECT min(run_at) FROM runner_jobs WHERE state = 'queued' AND queue = ANY($1::text[]) AND run_at > $2),"
-    " EXISTS (SELECT 1 FROM runner_jobs WHERE state = 'queued' AND queue = ANY($1::text[]) AND run_at <= $2"
+_NEXT_RUN_AT_SQL = (
+    "SELECT (SELECT min(run_at) FROM runner_jobs WHERE state = 'queued' AND queue {queues} AND run_at > {now}),"
+    " EXISTS (SELECT 1 FROM runner_jobs WHERE state = 'queued' AND queue {queues} AND run_at <= {now}"
     f" AND {_UNPAUSED})"
 )
-_NEXT_RUN_AT = text(
-    f"""
-    SELECT (SELECT min(run_at) FROM runner_jobs WHERE state = 'queued' AND queue IN :queues AND run_at > :now),
-           EXISTS (SELECT 1 FROM runner_jobs WHERE state = 'queued' AND queue IN :queues AND run_at <= :now
-                   AND {_UNPAUSED})
-    """
-).bindparams(bindparam("queues", expanding=True))
+# The same statement twice: named and expanding for SQLAlchemy, the queues as one array for
+# PostgreSQL's raw path.
+NEXT_RUN_AT_ANY: Final = _NEXT_RUN_AT_SQL.format(queues="= ANY($1::text[])", now="$2")
+_NEXT_RUN_AT = text(_NEXT_RUN_AT_SQL.format(queues="IN :queues", now=":now")).bindparams(bindparam("queues", expanding=True))
 # How soon an idle worker looks again at jobs held back by a limit (not by a pause: resuming wakes
 # workers). Fine enough for rate windows; a finish on this host wakes it sooner.
 HELD_BACK_RECHECK: Final = 0.05
