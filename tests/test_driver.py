@@ -18,9 +18,9 @@ from sqlalchemy import text
 from runner.decide import GaveBack, NotRunnable, Raised, Returned, WorkerLost, decide
 from runner.drivers import CancelResult, Driver, JobFilter, WorkerRow, open_driver
 from runner.drivers.sql import INSERT_COLUMNS
-from runner.errors import PayloadTooLarge
+from runner.errors import PayloadTooLarge, SerializationError
 from runner.policy import Policy
-from runner.wire import Attempt, BadRow, Callbacks, ChildSpec, Envelope, ErrorInfo, State
+from runner.wire import MAX_DEPTH, Attempt, BadRow, Callbacks, ChildSpec, Envelope, ErrorInfo, PlainEnvelope, State
 
 from .conftest import sql
 
@@ -126,19 +126,45 @@ async def test_enqueue_returns_ids_in_order_and_rows_are_readable(driver: Driver
     )
 
 
-async def test_bulk_enqueue_of_many_rows(driver: Driver) -> None:
-    ids = await driver.enqueue([Envelope(name="bulk", args=[i]) for i in range(3000)])
+def nested(depth: int) -> Any:
+    value: Any = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("kind", [Envelope, PlainEnvelope])  # PlainEnvelope: the bulk path's own rows
+async def test_bulk_enqueue_of_many_rows(driver: Driver, kind: type[Envelope]) -> None:
+    ids = await driver.enqueue([kind(name="bulk", args=[i]) for i in range(3000)])
     assert len(set(ids)) == 3000
     rows = await driver.get_many(ids)
     assert {r.id: r.args for r in rows} == {job_id: f"[{i}]" for i, job_id in enumerate(ids)}, "ids map to their own rows"
-    too_big = [Envelope(name="bulk", args=[i]) for i in range(700)] + [Envelope(name="huge", args=["x" * 20_000])]
+    too_big = [kind(name="bulk", args=[i]) for i in range(700)] + [kind(name="huge", args=["x" * 20_000])]
     with pytest.raises(PayloadTooLarge, match="arguments of huge are"):
         await driver.enqueue(too_big)
+    too_deep = [kind(name="bulk", args=[i]) for i in range(700)] + [kind(name="deep", kwargs={"x": nested(MAX_DEPTH + 1)})]
+    with pytest.raises(SerializationError, match="deep"):
+        await driver.enqueue(too_deep)
+    foreign = [kind(name="bulk", args=[i]) for i in range(700)] + [kind(name="foreign", args=[object()])]
+    with pytest.raises(SerializationError, match="foreign"):
+        await driver.enqueue(foreign)
     async with driver.engine.connect() as conn:  # a bulk insert in the caller's transaction
         async with conn.begin() as txn:
-            await driver.enqueue([Envelope(name="rolled-back") for _ in range(800)], conn)
+            await driver.enqueue([kind(name="rolled-back") for _ in range(800)], conn)
             await txn.rollback()
     assert len(await driver.get_many(list(range(1, 10_000)))) == 3000, "a rejected or rolled-back bulk insert leaves nothing"
+
+
+async def test_a_bulk_insert_of_plain_rows_with_one_that_is_not_writes_each_as_asked(driver: Driver) -> None:
+    envelopes: list[Envelope] = [PlainEnvelope(name="plain", args=[i], queue="q", priority=2) for i in range(700)]
+    envelopes.append(Envelope(name="odd", max_attempts=3, run_at=123.0))
+    ids = await driver.enqueue(envelopes)
+    rows = {r.id: r for r in await driver.get_many(ids)}
+    assert [(rows[i].name, rows[i].args, rows[i].queue, rows[i].priority) for i in ids[:2]] == [
+        ("plain", "[0]", "q", 2),
+        ("plain", "[1]", "q", 2),
+    ]
+    assert (rows[ids[-1]].max_attempts, rows[ids[-1]].run_at) == (3, 123.0)
 
 
 @pytest.mark.parametrize("n", [50, 600])  # 600: PostgreSQL's COPY path

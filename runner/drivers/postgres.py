@@ -38,17 +38,19 @@ from ..decide import Outcome
 from ..gc_pause import paused_gc
 from ..rows import CLAIM_COLUMNS
 from ..schema import BUCKETS, STATS_SUMS, Dialect, constraints, job_indexes, job_table, nodes_table, side_tables, workers_table
-from ..wire import MAX_DEPTH, MAX_HISTORY, PROTOCOL_VERSION, Attempt, BadRow, Envelope
+from ..wire import MAX_DEPTH, MAX_HISTORY, PROTOCOL_VERSION, Attempt, BadRow, Envelope, PlainEnvelope
 from .base import Claimed
 from .sql import (
     COPY_FROM,
     INSERT_COLUMNS,
     JOB_COLUMNS,
     NEXT_RUN_AT_ANY,
+    PLAIN_COLUMNS,
     SQLDriver,
     claim_columns,
     needed,
     outcome_params,
+    plain_rows,
     tally_of,
     tally_rows,
 )
@@ -423,6 +425,14 @@ class PostgresDriver(SQLDriver):
         await conn.execute(_INSERT_MANY, {"rows": _rows_json(rows)})
 
     async def _enqueue(self, conn: AsyncConnection, envelopes: Sequence[Envelope], now: float) -> list[int]:
+        if len(envelopes) >= COPY_FROM and type(envelopes[0]) is PlainEnvelope:
+            ids = await self._allocate_ids(conn, len(envelopes))
+            with paused_gc():
+                rows = plain_rows(ids, envelopes, now, self.max_payload)
+            if rows is not None:
+                raw: Any = (await conn.get_raw_connection()).driver_connection
+                await raw.copy_records_to_table("runner_jobs", records=rows, columns=_PLAIN_COPY)
+                return ids
         if len(envelopes) >= COPY_FROM and all(
             e.key is None and e.key_ttl is None and not e.after and not e.after_batch for e in envelopes
         ):
@@ -430,7 +440,7 @@ class PostgresDriver(SQLDriver):
             if records is not None:
                 ids = await self._allocate_ids(conn, len(envelopes))
                 columns, pick = _copy_plan(records)
-                raw: Any = (await conn.get_raw_connection()).driver_connection
+                raw = (await conn.get_raw_connection()).driver_connection
                 await raw.copy_records_to_table(
                     "runner_jobs", records=[(i, *pick(r)) for i, r in zip(ids, records)], columns=columns
                 )
@@ -606,6 +616,7 @@ def _rows_json(rows: list[dict[str, Any]]) -> str:
 
 
 _encode = msgspec.json.Encoder().encode
+_PLAIN_COPY: Final = ("id", *PLAIN_COLUMNS)
 
 # -- counters: the outcome write, wrapped ----------------------------------------------------------
 # The finish statement is wrapped, not copied: its RETURNING gives exactly the jobs whose guard

@@ -30,7 +30,7 @@ from ..enqueue_batching import EnqueueBatcher
 from ..errors import EnqueueError, PayloadTooLarge, SchemaError
 from ..rows import CLAIM_COLUMNS, TEXT_COLUMNS, decode_row
 from ..schema import BUCKETS, LIVE_STATES, SCHEMA_VERSION, STATS_SUMS
-from ..wire import MAX_DEPTH, PROTOCOL_VERSION, Attempt, BadRow, Envelope, State, check_depth, encode_json_bytes
+from ..wire import MAX_DEPTH, PROTOCOL_VERSION, Attempt, BadRow, Envelope, PlainEnvelope, State, check_depth, encode_json_bytes
 from .base import CancelResult, Driver, JobFilter, JobPage, JobRow, NodeRow, QueueCounts, StatsRow, WorkerRow
 
 __all__ = ["SQLDriver", "insert_row", "tally_rows"]
@@ -48,6 +48,42 @@ INSERT_COLUMNS: Final = (
 # A plain job's row sets 7 of the 28: measured, a quarter of a COPY of 1,000 rows.
 INSERT_DEFAULTS: Final = {"v": 1, "state": "queued", "waiting_for": 0, "has_dependants": 0}
 INSERT_ALWAYS: Final = frozenset({"name", "args", "kwargs", "queue", "priority", "run_at", "created_at"})
+
+
+PLAIN_COLUMNS: Final = ("name", "args", "kwargs", "queue", "priority", "run_at", "created_at")  # a PlainEnvelope's row
+assert frozenset(PLAIN_COLUMNS) == INSERT_ALWAYS
+_encode_plain = msgspec.json.Encoder().encode
+
+
+def plain_rows(ids: Sequence[int], envelopes: Sequence[Envelope], now: float, max_payload: int) -> list[tuple[Any, ...]] | None:
+    """``(id, *PLAIN_COLUMNS)`` for each of ``envelopes``, when every one is a PlainEnvelope (the
+    bulk hot path: one type check per row instead of ``needed`` over twenty option columns, and
+    no per-row dicts). None when one is not plain, or is too big or too deep: the caller then
+    takes the general path, whose errors name the culprit."""
+    rows: list[tuple[Any, ...]] = []
+    append = rows.append
+    try:
+        for new_id, env in zip(ids, envelopes):
+            if type(env) is not PlainEnvelope:
+                return None
+            if not env.args and not env.kwargs:  # a call with no arguments: nothing to encode or measure
+                append((new_id, env.name, "[]", "{}", env.queue, env.priority, now, now))
+                continue
+            args = _encode_plain(env.args)
+            kwargs = _encode_plain(env.kwargs)
+            size = len(args) + len(kwargs)
+            if size > max_payload:
+                return None
+            # Deeper than MAX_DEPTH takes more than 2 * MAX_DEPTH brackets: shorter ones need no count.
+            if (
+                size > 2 * MAX_DEPTH
+                and max(args.count(b"[") + args.count(b"{"), kwargs.count(b"[") + kwargs.count(b"{")) > MAX_DEPTH
+            ):
+                return None
+            append((new_id, env.name, args.decode(), kwargs.decode(), env.queue, env.priority, now, now))
+    except (TypeError, msgspec.EncodeError, OverflowError, ValueError, RecursionError):
+        return None
+    return rows
 
 
 def needed(column: str, values: Iterable[Any]) -> bool:

@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..decide import Outcome
 from ..schema import STATS_SUMS, Dialect, job_indexes, job_table, nodes_table, side_tables, workers_table
-from ..wire import MAX_HISTORY, Attempt, BadRow, Envelope
+from ..wire import MAX_HISTORY, Attempt, BadRow, Envelope, PlainEnvelope
 from .base import CancelResult, Claimed, JobRow, NodeRow, WorkerRow
 from .engines import SQLITE_BUSY_TIMEOUT_S
 from .file_watch import FileWatch
@@ -333,6 +333,13 @@ class SQLiteDriver(SQLDriver):
         ):
             # Keyless rows, all or none: one transaction run as one call on a thread.
             now = time.time()
+            if type(envelopes[0]) is PlainEnvelope:
+                try:
+                    ids = await self._batch.insert_plain(envelopes, now, self.max_payload)
+                except sqlite3.Error as exc:  # the SQLAlchemy path's errors, so callers see one kind
+                    raise DBAPIError.instance("INSERT INTO runner_jobs", None, exc, sqlite3.Error) from exc
+                if ids is not None:
+                    return ids
             return await self._insert_rows([insert_row(e, now, self.max_payload) for e in envelopes], now)
         return await super().enqueue(envelopes, conn)
 

@@ -31,15 +31,17 @@ import operator
 import os
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, Final
 
 import msgspec
 
 from ..decide import Outcome
+from ..gc_pause import paused_gc
+from ..wire import Envelope
 from .host_lock import HostWriterLock, lock_path
-from .sql import INSERT_COLUMNS, bulk_insert_sql, needed, outcome_params, tally_rows
+from .sql import INSERT_COLUMNS, PLAIN_COLUMNS, bulk_insert_sql, needed, outcome_params, plain_rows, tally_rows
 
 __all__ = ["BatchWriter", "Inserts", "finish_outcomes"]
 
@@ -48,6 +50,7 @@ _LIVE: Final = (
     "SELECT id, lease_token, has_dependants FROM runner_jobs WHERE state = 'running' AND id IN (SELECT value FROM json_each(?))"
 )
 _encode = msgspec.json.Encoder().encode
+_PLAIN_INSERT: Final = bulk_insert_sql(PLAIN_COLUMNS)
 # Of the lone rows written on the loop, one in this many takes the thread instead: the loop's own
 # connection never checkpoints (a checkpoint copies pages and syncs the file), the thread's does,
 # so the WAL stays bounded under a producer that writes only on the loop.
@@ -97,19 +100,46 @@ class BatchWriter:
             if len(rows) == 1:
                 return [_insert_one(conn, self.inserts.one, rows[0], wait=True) or 0]  # waits: never None
             columns = [c for c in INSERT_COLUMNS if needed(c, map(operator.itemgetter(c), rows))]
-            statement = bulk_insert_sql(columns)
             pick = operator.itemgetter(*columns)  # >= 7 columns: a tuple
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                last = int(conn.execute(self.inserts.last_id).fetchone()[0] or 0)  # ours alone until COMMIT
-                ids = list(range(last + 1, last + 1 + len(rows)))
-                conn.executemany(statement, [(new_id, *pick(row)) for row, new_id in zip(rows, ids)])
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            ids = self._insert_numbered(
+                conn, len(rows), bulk_insert_sql(columns), lambda ids: [(i, *pick(row)) for row, i in zip(rows, ids)]
+            )  # fmt: skip
+            assert ids is not None  # rows given as they are: always some to insert
             return ids
+
+    async def insert_plain(self, envelopes: Sequence[Envelope], now: float, max_payload: int) -> list[int] | None:
+        """Insert PlainEnvelopes in one transaction, their rows built on the writer's thread
+        (``plain_rows``: no dicts, no ``needed``); None, with nothing written, when one is not
+        plain or not writable as is (the caller's general path then names the culprit)."""
+        return await self.lock.run(partial(self._insert_plain, envelopes, now, max_payload))
+
+    def _insert_plain(self, envelopes: Sequence[Envelope], now: float, max_payload: int) -> list[int] | None:
+        with self._using:
+            return self._insert_numbered(
+                self._connection(), len(envelopes), _PLAIN_INSERT, lambda ids: plain_rows(ids, envelopes, now, max_payload)
+            )  # fmt: skip
+
+    def _insert_numbered(
+        self, conn: sqlite3.Connection, n: int, statement: str, rows_for: Callable[[range], list[tuple[Any, ...]] | None]
+    ) -> list[int] | None:
+        """BEGIN IMMEDIATE, take the next ``n`` ids (ours alone until COMMIT), insert the rows
+        ``rows_for`` builds with them, COMMIT; None (rolled back) when it builds none."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            last = int(conn.execute(self.inserts.last_id).fetchone()[0] or 0)
+            ids = range(last + 1, last + 1 + n)
+            with paused_gc():
+                rows = rows_for(ids)
+            if rows is None:
+                conn.execute("ROLLBACK")
+                return None
+            conn.executemany(statement, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return list(ids)
 
     def insert_here(self, row: Mapping[str, Any], *, wait: bool) -> int | None:
         """One keyless row (INSERT parameters) written on the calling thread; its id.
