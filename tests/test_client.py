@@ -210,3 +210,73 @@ def test_sync_defers_from_threads_and_processes_at_once_each_get_their_own_row(s
     }
     assert all(rows[job_id] == key for key, job_id in ids.items()), "each id is the caller's own row"
     assert sorted(rows[i] for i in theirs) == [(-1, i) for i in range(300)]
+
+
+def test_a_sync_caller_runs_the_loop_itself_and_others_ride_along_meanwhile() -> None:
+    # Each sync call runs the shared loop on its caller's thread (no hand-off); a call from
+    # another thread while one runs is carried by that run, and runs on its own thread after.
+    import asyncio
+    import threading
+
+    from runner.client import _SharedLoop
+
+    shared = _SharedLoop()
+    release = threading.Event()
+    ran_on: dict[str, str] = {}
+
+    async def long_call() -> str:
+        ran_on["long"] = threading.current_thread().name
+        while not release.is_set():
+            await asyncio.sleep(0.005)
+        return "long done"
+
+    async def short_call(tag: str) -> str:
+        ran_on[tag] = threading.current_thread().name
+        return tag
+
+    results: dict[str, str] = {}
+    owner = threading.Thread(target=lambda: results.update(long=shared.call(long_call)), name="owner")
+    owner.start()
+    deadline = time.monotonic() + 10
+    while "long" not in ran_on and time.monotonic() < deadline:
+        time.sleep(0.005)
+    rider = threading.Thread(target=lambda: results.update(ride=shared.call(short_call, "ride")), name="rider")
+    rider.start()
+    rider.join(10)
+    assert results.get("ride") == "ride" and ran_on["ride"] == "owner", "a call made meanwhile rides on the running loop"
+    assert owner.is_alive(), "the owner is still in its own call"
+    release.set()
+    owner.join(10)
+    assert results["long"] == "long done"
+    assert shared.call(short_call, "alone") == "alone" and ran_on["alone"] == threading.current_thread().name
+    later = threading.Thread(target=lambda: results.update(after=shared.call(short_call, "after")), name="after")
+    later.start()
+    later.join(10)
+    assert ran_on["after"] == "after", "once no one runs it, the next caller runs the loop on its own thread"
+    shared.stop()
+
+
+async def test_single_enqueues_keep_one_connection_out_and_give_it_back_when_they_stop(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runner.drivers import open_driver, postgres
+    from runner.wire import Envelope
+
+    monkeypatch.setattr(postgres, "HOLD_FOR", 0.3)
+    driver = open_driver(pg_url, pool_size=4)
+    await driver.migrate()
+    try:
+        pool: Any = driver.engine.pool
+        for i in range(20):
+            await driver.enqueue([Envelope(name="one", args=[i])])
+            assert pool.checkedout() == 1, "the single-enqueue connection stays out between enqueues"
+        assert pool.checkedin() + pool.checkedout() <= 2, "one connection served them all (plus the migration's)"
+        with pytest.raises(Exception, match="runner_jobs"):  # a failing INSERT (a NUL byte PostgreSQL refuses)
+            await driver.enqueue([Envelope(name="bad\x00name")])
+        assert pool.checkedout() == 0, "a failed statement gives its connection straight back"
+        await driver.enqueue([Envelope(name="one", args=[99])])
+        await anyio.sleep(0.8)
+        assert pool.checkedout() == 0, "a quiet producer holds no connection"
+        assert sql(pg_url, "SELECT count(*) FROM runner_jobs") == [(21,)]
+    finally:
+        await driver.dispose()
