@@ -41,7 +41,7 @@ from ..decide import Outcome
 from ..gc_pause import paused_gc
 from ..wire import Envelope
 from .host_lock import HostWriterLock, lock_path
-from .sql import INSERT_COLUMNS, PLAIN_COLUMNS, bulk_insert_sql, needed, outcome_params, plain_rows, tally_rows
+from .sql import INSERT_COLUMNS, PLAIN_COLUMNS, bulk_insert_sql, is_plain_row, needed, outcome_params, plain_rows, tally_rows
 
 __all__ = ["BatchWriter", "Inserts", "finish_outcomes"]
 
@@ -51,6 +51,10 @@ _LIVE: Final = (
 )
 _encode = msgspec.json.Encoder().encode
 _PLAIN_INSERT: Final = bulk_insert_sql(PLAIN_COLUMNS)
+_PLAIN_NAMES: Final = ", ".join(PLAIN_COLUMNS)
+_PLAIN_PLACES: Final = ", ".join("?" * len(PLAIN_COLUMNS))
+# A lone plain row (``is_plain_row``) binds its 7 values, not 28 named ones.
+_PLAIN_ONE: Final = f"INSERT INTO runner_jobs ({_PLAIN_NAMES}) VALUES ({_PLAIN_PLACES}) RETURNING id"
 # Of the lone rows written on the loop, one in this many takes the thread instead: the loop's own
 # connection never checkpoints (a checkpoint copies pages and syncs the file), the thread's does,
 # so the WAL stays bounded under a producer that writes only on the loop.
@@ -98,7 +102,7 @@ class BatchWriter:
         with self._using:
             conn = self._connection()
             if len(rows) == 1:
-                return [_insert_one(conn, self.inserts.one, rows[0], wait=True) or 0]  # waits: never None
+                return [_insert_one(conn, *self._one(rows[0]), wait=True) or 0]  # waits: never None
             columns = [c for c in INSERT_COLUMNS if needed(c, map(operator.itemgetter(c), rows))]
             pick = operator.itemgetter(*columns)  # >= 7 columns: a tuple
             ids = self._insert_numbered(
@@ -161,10 +165,16 @@ class BatchWriter:
             except BlockingIOError:
                 return None
         try:
-            return _insert_one(conn, self.inserts.one, row, wait)
+            return _insert_one(conn, *self._one(row), wait)
         finally:
             if fd is not None:
                 fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _one(self, row: Mapping[str, Any]) -> tuple[str, Mapping[str, Any] | tuple[Any, ...]]:
+        """The statement and parameters of one row."""
+        if is_plain_row(row):
+            return _PLAIN_ONE, tuple(row[c] for c in PLAIN_COLUMNS)
+        return self.inserts.one, row
 
     def _here_connection(self, wait: bool) -> tuple[sqlite3.Connection, int | None]:
         here = self._here
@@ -227,7 +237,7 @@ class BatchWriter:
             self._conn = None
 
 
-def _insert_one(conn: sqlite3.Connection, statement: str, row: Mapping[str, Any], wait: bool) -> int | None:
+def _insert_one(conn: sqlite3.Connection, statement: str, row: Mapping[str, Any] | tuple[Any, ...], wait: bool) -> int | None:
     """BEGIN IMMEDIATE, not a bare INSERT: an autocommit write whose read snapshot another
     connection overtook fails at once (SQLITE_BUSY_SNAPSHOT), without the busy handler."""
     try:
