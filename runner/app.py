@@ -30,7 +30,7 @@ from .policy import INT32_MAX, Backoff, Policy
 from .round_trip import check_round_trip
 from .schedules import Cron, Every, Missed, parse_schedule
 from .settings import check_url
-from .wire import Callbacks, ChildSpec, Envelope, PlainEnvelope
+from .wire import Callbacks, ChildSpec, Envelope, PlainEnvelope, amend
 from .workflows import Group, check_parent_failure, ids_of, plan
 
 __all__ = ["App", "BoundOptions", "Call", "Context", "JobDef", "JobOptions", "Lifespan", "Periodic", "WorkerInfo"]
@@ -268,10 +268,7 @@ def _shifted(envelopes: list[Envelope], offset: int) -> list[Envelope]:
     """A plan's envelopes placed at ``offset`` in a larger batch: their positions move too."""
     if not offset:
         return envelopes
-    return [
-        msgspec.structs.replace(e, after_batch=tuple(i + offset for i in e.after_batch)) if e.after_batch else e
-        for e in envelopes
-    ]
+    return [amend(e, after_batch=tuple(i + offset for i in e.after_batch)) if e.after_batch else e for e in envelopes]
 
 
 def _specs(option: str, value: Any) -> tuple[ChildSpec, ...]:

@@ -39,6 +39,7 @@ __all__ = [
     "ErrorInfo",
     "PlainEnvelope",
     "State",
+    "amend",
     "check_depth",
     "decode_json",
     "encode_json",
@@ -141,6 +142,13 @@ class PlainEnvelope(Envelope, frozen=True, kw_only=True, omit_defaults=True, gc=
     expiry, so only name, arguments, queue and priority. A type of its own so a bulk write sees
     that per row with one type check and sends just those columns (``sql.plain_rows``) instead
     of looking at twenty option fields of every row."""
+
+
+def amend(env: Envelope, **changes: Any) -> Envelope:
+    """``env`` with ``changes``, always as a full Envelope. (``msgspec.structs.replace`` keeps
+    the type, and a PlainEnvelope that set an option would have the option dropped by the
+    bulk path, which writes only a plain row's columns: use this, never ``replace``, on envelopes.)"""
+    return Envelope(**{**msgspec.structs.asdict(env), **changes})
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

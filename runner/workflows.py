@@ -27,9 +27,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from .errors import ArgumentsError
+from .wire import amend
 
 if TYPE_CHECKING:
     from .client import GroupHandle, JobHandle
@@ -173,7 +172,7 @@ def _add(built: Plan, step: Step, *, parents: list[int], mode: str | None, failu
             built.group_members.setdefault(gid, []).extend(range(start, len(built.envelopes)))
         for index in built.group_members[gid]:
             if built.envelopes[index].group_id is None:
-                built.envelopes[index] = msgspec.structs.replace(built.envelopes[index], group_id=gid)
+                built.envelopes[index] = amend(built.envelopes[index], group_id=gid)
         return out
     if isinstance(step, Chord):
         members = _add(built, step.header, parents=parents, mode=mode, failure=failure, now=now)
@@ -186,7 +185,7 @@ def _add_call(built: Plan, call: Any, parents: list[int], mode: str | None, fail
     # Its arguments are checked when it runs, once the parents' results are prepended to them.
     env = call.envelope(now, check_arguments=not gets_results)
     if parents:
-        env = msgspec.structs.replace(
+        env = amend(
             env, after_batch=tuple(parents), on_parent_failure=call.options.on_parent_failure or failure,
             with_results=mode if gets_results else None,
         )  # fmt: skip

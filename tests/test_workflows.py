@@ -38,6 +38,17 @@ async def drain(url: str, **settings: Any) -> Any:
     return await run_burst(flows.app, url, **settings)
 
 
+async def test_a_large_workflow_of_plain_calls_keeps_every_link(url: str) -> None:
+    # 600 plain calls take the bulk path (COPY on PostgreSQL), which writes only a plain row's
+    # columns: the group id and the chord callback's wait must survive it.
+    callback = await chord([add.call(i, 0) for i in range(600)], tsum.call()).defer_async()
+    members = sql(url, "SELECT count(*), count(DISTINCT group_id) FROM runner_jobs WHERE id <> " + str(callback.id))
+    assert members == [(600, 1)], members
+    assert await callback.state_async() == "waiting"
+    await drain(url)
+    assert await callback.wait_async(10) == sum(range(600))
+
+
 async def test_a_chain_passes_each_result_to_the_next(url: str) -> None:
     last = await chain(add.call(1, 2), double.call(), add.options(immutable=True).call(10, 10), double.call()).defer_async()
     assert await last.state_async() == "waiting"

@@ -30,10 +30,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
-
 import runner.compat.celery._state as _state
 
+from ...wire import amend
 from ...workflows import Chain, Chord, Group, plan
 from .app.amqp import Message, Sending, publish, published
 from .canvas import Signature, chain, chord, chunks, group, maybe_signature
@@ -305,7 +304,7 @@ def _envelopes(planned: Planned, now: float) -> tuple[list[Any], list[str]]:
     for env, call in zip(built.envelopes, built.calls):
         celery = (call.options.meta or {}).get("celery") or {}
         if env.on_parent_failure == "cancel" and not celery.get("callback"):
-            env = msgspec.structs.replace(env, on_parent_failure="fail")
+            env = amend(env, on_parent_failure="fail")
         envelopes.append(env)
         ids.append(str(celery.get("id")))
     return envelopes, ids
