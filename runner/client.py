@@ -278,7 +278,9 @@ class _SharedLoop:
             self.call(self.loop.shutdown_asyncgens)
         except Exception:
             pass
-        self.loop.close()
+        with self._mutex:
+            if not self._running:  # else another thread is mid-call (exiting with it): the loop goes with the process
+                self.loop.close()
 
 
 class _BackgroundLoop:
