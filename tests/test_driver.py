@@ -331,6 +331,25 @@ async def test_complete_is_guarded_by_the_fencing_token(driver: Driver) -> None:
     assert [(h["attempt"], h["worker"], h["outcome"]) for h in history] == [(1, "w1", "queued"), (1, "w2", "succeeded")]
 
 
+@pytest.mark.parametrize("n", [1, 3, 600])  # alone, a multi-row INSERT, PostgreSQL's COPY
+async def test_escapes_in_json_columns_survive_every_batched_write(driver: Driver, n: int) -> None:
+    # A NUL, a quote and non-ASCII inside JSON strings: valid JSON, kept as written. PostgreSQL
+    # decodes the escapes of JSON nested in a JSON parameter, and refused whole batches over one
+    # "\u0000"; batches now carry such columns as strings.
+    odd = 'a\x00b "q" \u00e9 \\'
+    ids = await driver.enqueue([Envelope(name="odd", args=[odd, i], meta={"m": odd}) for i in range(n)])
+    rows = await driver.get_many(ids)
+    assert {json.loads(r.args)[0] for r in rows} == {odd} and {json.loads(r.meta or "{}")["m"] for r in rows} == {odd}
+    claimed = await driver.claim("w", ["default"], n, 30)
+    half = len(claimed) // 2
+    assert await driver.complete([done(c, {"r": odd}) for c in claimed[:half]]) == half
+    result = await driver.claim_and_complete("w", ["default"], 1, 30, [done(c, {"r": odd}) for c in claimed[half:]])
+    assert result.written == len(claimed) - half
+    finished = await driver.get_many(ids)
+    assert {json.loads(r.result or "null")["r"] for r in finished} == {odd}
+    assert {r.state for r in finished} == {State.SUCCEEDED}
+
+
 async def test_batched_complete_mixes_outcomes_and_keeps_every_error(driver: Driver) -> None:
     ids = await driver.enqueue([Envelope(name="a") for _ in range(3)])
     claimed = {c.id: c for c in await driver.claim("w", ["default"], 3, 30)}
