@@ -130,3 +130,15 @@ def test_counters_survive_kill_9_and_match_the_table(broker_url: str, serve: Any
     measured = sum(v for (name, labels), v in from_other.items() if name == "runner_job_db_measured_total")
     assert measured >= JOBS, "each session attempt's cost is counted"
     print(f"\nmetrics: {kills} kill -9, {scrapes} scrapes, {int(lost_total)} lost attempts, counters == table")
+
+
+def test_a_float_counter_never_goes_back_by_rounding_but_a_reset_shows() -> None:
+    # The same sum of seconds, added in another order (a fold moved rows between scrapes), can
+    # come out one bit lower; Prometheus would read that as a counter reset.
+    from runner.web.metrics import _steady
+
+    series = ("tx_s", "test.steady", "default")
+    assert _steady(series, 33.357617000000005) == 33.357617000000005
+    assert _steady(series, 33.357617) == 33.357617000000005, "a last-bit drop is the same total"
+    assert _steady(series, 40.0) == 40.0
+    assert _steady(series, 1.5) == 1.5, "a real drop (the stats were reset) is reported as it is"

@@ -56,6 +56,20 @@ _COST_COUNTERS = (
 )  # fmt: skip
 
 
+# Sums of seconds are added in whatever order the database and the folds leave their rows, so
+# two scrapes of the same total can differ in the last bit, and Prometheus reads any decrease of
+# a counter as a reset. A float series that drops by no more than rounding is reported as before.
+_REPORTED: dict[tuple[str, str, str], float] = {}
+
+
+def _steady(series: tuple[str, str, str], value: float) -> float:
+    last = _REPORTED.get(series)
+    if last is not None and last - 1e-9 * max(1.0, abs(last)) <= value < last:
+        return last  # the same total, summed in another order: not a reset
+    _REPORTED[series] = value
+    return value
+
+
 async def render_metrics(driver: Driver) -> bytes:
     """One scrape: read the database, return the exposition."""
     started = time.perf_counter()
@@ -131,11 +145,11 @@ def _counters(totals: list[StatsRow]) -> Iterable[Metric]:
                     acc["h_" + key] = acc.get("h_" + key, 0.0) + value
     for (name, queue), acc in sorted(per_job.items()):
         for _, column in _COST_COUNTERS:
-            costs[column].add_metric([name, queue], acc[column])
+            costs[column].add_metric([name, queue], _steady((column, name, queue), acc[column]))
         if acc.get("h_n"):
             for family, prefix in ((run, "run"), (wait, "wait")):
                 buckets = [(_le(b), acc[f"h_{prefix}_b{i}"]) for i, b in enumerate(BUCKETS)] + [("+Inf", acc["h_n"])]
-                family.add_metric([name, queue], buckets, acc[f"h_{prefix}_s"])
+                family.add_metric([name, queue], buckets, _steady((prefix, name, queue), acc[f"h_{prefix}_s"]))
     yield finished
     yield from by_kind.values()
     yield run
