@@ -242,16 +242,6 @@ _APPEND: Final = f"""CASE
         WHEN jsonb_array_length(j.attempts) >= {MAX_HISTORY} THEN (j.attempts - 0) || jsonb_build_array(v.record::jsonb)
         ELSE j.attempts || jsonb_build_array(v.record::jsonb) END"""
 
-# A batch of outcomes arrives as ONE parameter, a JSON array of objects (``_outcomes_json``),
-# not as a dozen parallel arrays: asyncpg checks every element of an array parameter against
-# collections.abc (two isinstance calls through ABCMeta each), which for 26 arrays was 15 us of
-# a worker's CPU per job, a third of a no-op job's cost; msgspec writes the document in ~1 us a
-# job and PostgreSQL reads it as fast as it unnests arrays. The JSON columns (result, error,
-# args, kwargs, record) travel as JSON strings holding their text, so each arrives exactly as
-# written (a value nested as JSON would have its escapes, such as \u0000, decoded on the way).
-_FINISH_BATCH: Final = """json_to_recordset($1::json) AS v(
-        id bigint, token bigint, state text, result text, error text, run_at float8, finished_at float8,
-        attempt integer, lost integer, args text, kwargs text, record text)"""
 _FINISH: Final = f"""
     UPDATE runner_jobs AS j SET
         state = v.state, result = v.result, error = v.error,
@@ -262,7 +252,10 @@ _FINISH: Final = f"""
         lease_expires_at = CASE WHEN v.state = 'queued' THEN NULL ELSE j.lease_expires_at END,
         progress = CASE WHEN v.state = 'queued' THEN NULL ELSE j.progress END,
         attempts = {_APPEND}
-    FROM {_FINISH_BATCH}
+    FROM unnest(
+        $1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::float8[],
+        $8::integer[], $9::integer[], $10::text[], $11::text[], $12::text[]
+    ) AS v(id, token, state, result, error, run_at, finished_at, attempt, lost, args, kwargs, record)
     WHERE j.id = v.id AND j.lease_token = v.token AND {_IS_RUNNING}
     RETURNING j.id, j.has_dependants
 """
@@ -271,8 +264,11 @@ _FINISH: Final = f"""
 _FINISH_FAST: Final = _FINISH.replace(f"AND {_IS_RUNNING}", f"AND {_IS_RUNNING} AND j.has_dependants = 0")
 # One outcome (the exactly-once path: one per job transaction): plain parameters, no arrays.
 _FINISH_ONE: Final = _FINISH.replace(
-    _FINISH_BATCH,
-    """(SELECT $1::bigint, $2::bigint, $3::text, $4::text, $5::text, $6::float8, $7::float8,
+    """FROM unnest(
+        $1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::float8[],
+        $8::integer[], $9::integer[], $10::text[], $11::text[], $12::text[]
+    ) AS v(id, token, state, result, error, run_at, finished_at, attempt, lost, args, kwargs, record)""",
+    """FROM (SELECT $1::bigint, $2::bigint, $3::text, $4::text, $5::text, $6::float8, $7::float8,
         $8::integer, $9::integer, $10::text, $11::text, $12::text
     ) AS v(id, token, state, result, error, run_at, finished_at, attempt, lost, args, kwargs, record)""",
 )
@@ -494,7 +490,7 @@ class PostgresDriver(SQLDriver):
         now = time.time()
         statement, which = (_FINISH_CLAIM_ONE, queues[0]) if len(queues) == 1 else (_FINISH_CLAIM_MANY, list(queues))
         async with self._raw() as pg:
-            rows = await pg.fetch(statement, _outcomes_json(fast), which, now, n, owner, now + lease_ttl)
+            rows = await pg.fetch(statement, *_finish_arrays(fast), *_tally_arrays(fast), which, now, n, owner, now + lease_ttl)
         written: set[int] = set()
         claimed: list[Any] = []
         keyed = False
@@ -541,13 +537,13 @@ class PostgresDriver(SQLDriver):
             finish = tuple(params[f] for f in _FINISH_FIELDS)
             rows = (await conn.exec_driver_sql(_FINISH_ONE_COUNTED, (*finish, *_tally_values(outcomes[0])))).all()
         else:
-            rows = (await conn.exec_driver_sql(_FINISH_COUNTED, (_outcomes_json(outcomes),))).all()
+            rows = (await conn.exec_driver_sql(_FINISH_COUNTED, (*_finish_arrays(outcomes), *_tally_arrays(outcomes)))).all()
         found: Any = rows
         return [(int(row[0]), bool(row[1])) for row in found]
 
     async def _finish_fast(self, outcomes: Sequence[Outcome]) -> int:
         async with self._raw() as pg:
-            return len(await pg.fetch(_FINISH_FAST_COUNTED, _outcomes_json(outcomes)))
+            return len(await pg.fetch(_FINISH_FAST_COUNTED, *_finish_arrays(outcomes), *_tally_arrays(outcomes)))
 
     async def _released(self) -> None:
         pass  # the release statements ran in a transaction whose commit the NOTIFY below rides on
@@ -636,7 +632,6 @@ def _rows_json(rows: list[dict[str, Any]]) -> str:
 
 
 _encode = msgspec.json.Encoder().encode
-_NOT_COSTED: Final = {"costed": 0, "statements": 0, "db_s": 0.0, "db_rows": 0, "tx_s": 0.0, "pool_wait_s": 0.0}
 _PLAIN_COPY: Final = ("id", *PLAIN_COLUMNS)
 
 # -- counters: the outcome write, wrapped ----------------------------------------------------------
@@ -661,22 +656,23 @@ _AGGREGATES: Final = ", ".join(
 )
 
 
-# The one-outcome finish takes its twelve values as $1..$12 (_FINISH_FIELDS) and its counter
-# deltas from $13; a batch's deltas ride in the same JSON document as its outcomes ($1).
+# Every finish statement takes its twelve values as $1..$12 (_FINISH_FIELDS); the counter
+# deltas follow from $13.
 _SECONDS: Final = frozenset({"run_s", "wait_s", "db_s", "tx_s", "pool_wait_s"})
 _ONE: Final = (
     ("source", "text"), ("minute", "bigint"), ("name", "text"), ("queue", "text"), ("kind", "text"),
     *((c, "float8" if c in _SECONDS else "bigint") for c in STATS_SUMS),
 )  # fmt: skip
-_TALLY_COLUMNS: Final = ", ".join(f"{c} {kind}" for c, kind in _TALLY)
+_TALLY_ARRAYS: Final = ", ".join(f"${len(_FINISH_FIELDS) + i + 1}::{kind}[]" for i, (_, kind) in enumerate(_TALLY))
+_TALLY_NAMES: Final = ", ".join(c for c, _ in _TALLY)
 _ONE_VALUES: Final = ", ".join(f"${len(_FINISH_FIELDS) + i + 1}::{kind}" for i, (_, kind) in enumerate(_ONE))
-# A batch: the deltas of each outcome (keys of its object in $1), joined to the rows the finish
-# matched, so only written outcomes are counted.
+# A batch: the deltas of each outcome as arrays, joined to the rows the finish matched, so only
+# written outcomes are counted.
 _COUNTED: Final = f"""
     counted AS (
         INSERT INTO runner_stats ({_KEY}, {_SUMS})
         SELECT t.source, t.minute, t.name, t.queue, t.kind, {_AGGREGATES}
-        FROM done JOIN json_to_recordset($1::json) AS t({_TALLY_COLUMNS}) ON t.id = done.id
+        FROM done JOIN unnest({_TALLY_ARRAYS}) AS t({_TALLY_NAMES}) ON t.id = done.id
         GROUP BY t.source, t.minute, t.name, t.queue, t.kind
         ON CONFLICT ({_KEY}) DO UPDATE SET {_ADD}
     )"""
@@ -695,8 +691,8 @@ _FINISH_ONE_COUNTED: Final = f"WITH done AS ({_FINISH_ONE}), {_COUNTED_ONE}"
 
 
 def _after_finish(statement: str) -> str:
-    """The claim's parameters renumbered to follow the finish's one document ($1 -> $2)."""
-    return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + 1}", statement)
+    """The claim's parameters renumbered to follow the finish's ($1 -> $27)."""
+    return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + len(_FINISH_FIELDS) + len(_TALLY)}", statement)
 
 
 # The previous batch's outcomes (fast path: nothing waits for those jobs) written and counted,
@@ -743,23 +739,18 @@ def _tally_values(outcome: Outcome) -> tuple[Any, ...]:
     return tuple(float(row[c]) if kind == "float8" else row[c] for c, kind in _ONE)
 
 
-def _outcomes_json(outcomes: Sequence[Outcome]) -> str:
-    """A batch's outcomes and their counter deltas as the finish statements' one parameter: a
-    JSON array of objects, keyed as ``_FINISH_BATCH`` and ``_TALLY`` name their columns."""
-    rows = []
+def _tally_arrays(outcomes: Sequence[Outcome]) -> tuple[list[Any], ...]:
+    columns: tuple[list[Any], ...] = tuple([] for _ in _TALLY)
     for o in outcomes:
-        row = outcome_params(o)
         source, minute, name, queue, kind, run_s, wait_s, cost = tally_of(o, lanes=True)
-        row.update(source=source, minute=minute, name=name, queue=queue, kind=kind, run_s=run_s, wait_s=wait_s)
+        values: tuple[Any, ...] = (o.job_id, source, minute, name, queue, kind, run_s, wait_s)
         if cost is None:
-            row.update(_NOT_COSTED)
+            values += (0, 0, 0.0, 0, 0.0, 0.0)
         else:
-            row.update(
-                costed=1, statements=cost.statements, db_s=cost.db_ms / 1000, db_rows=cost.rows,
-                tx_s=cost.tx_ms / 1000, pool_wait_s=cost.pool_wait_ms / 1000,
-            )  # fmt: skip
-        rows.append(row)
-    return _encode(rows).decode()
+            values += (1, cost.statements, cost.db_ms / 1000, cost.rows, cost.tx_ms / 1000, cost.pool_wait_ms / 1000)
+        for column, value in zip(columns, values):
+            column.append(value)
+    return columns
 
 
 def _copy_records(envelopes: Sequence[Envelope], now: float, max_payload: int) -> list[tuple[Any, ...]] | None:
@@ -795,3 +786,8 @@ def _copy_plan(records: list[tuple[Any, ...]]) -> tuple[tuple[str, ...], Callabl
     """The columns to COPY for ``records`` (``needed``; ids first) and how to pick them from a record."""
     keep = [i for i, column in enumerate(INSERT_COLUMNS) if needed(column, map(operator.itemgetter(i), records))]
     return ("id", *(INSERT_COLUMNS[i] for i in keep)), operator.itemgetter(*keep)  # >= 7 columns: a tuple
+
+
+def _finish_arrays(outcomes: Sequence[Outcome]) -> tuple[list[Any], ...]:
+    params = [outcome_params(o) for o in outcomes]
+    return tuple([p[f] for p in params] for f in _FINISH_FIELDS)
