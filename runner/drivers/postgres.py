@@ -52,6 +52,7 @@ from .sql import (
     is_plain_row,
     needed,
     outcome_params,
+    plain_insert_sql,
     plain_rows,
     tally_of,
     tally_rows,
@@ -290,9 +291,7 @@ _FINISH_FIELDS: Final = (
 _INSERT_NAMES: Final = ", ".join(INSERT_COLUMNS)
 _INSERT_PLACES: Final = ", ".join(f"${i + 1}" for i in range(len(INSERT_COLUMNS)))
 _INSERT_ONE: Final = f"INSERT INTO runner_jobs ({_INSERT_NAMES}) VALUES ({_INSERT_PLACES}) RETURNING id"
-_PLAIN_NAMES: Final = ", ".join(PLAIN_COLUMNS)
-_PLAIN_PLACES: Final = ", ".join(f"${i + 1}" for i in range(len(PLAIN_COLUMNS)))
-_INSERT_PLAIN_ONE: Final = f"INSERT INTO runner_jobs ({_PLAIN_NAMES}) VALUES ({_PLAIN_PLACES}) RETURNING id"
+_INSERT_PLAIN_ONE: Final = plain_insert_sql([f"${i + 1}" for i in range(len(PLAIN_COLUMNS))])
 # One JSON document carries the whole batch: a single parameter to encode (msgspec, in C) and
 # json_to_recordset to unpack it, instead of seventeen arrays encoded element by element.
 _INSERT_MANY: Final = text(

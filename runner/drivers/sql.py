@@ -47,11 +47,10 @@ INSERT_COLUMNS: Final = (
 # default (NULL, or the one below), which the database fills in cheaper than it parses a value.
 # A plain job's row sets 7 of the 28: measured, a quarter of a COPY of 1,000 rows.
 INSERT_DEFAULTS: Final = {"v": 1, "state": "queued", "waiting_for": 0, "has_dependants": 0}
-INSERT_ALWAYS: Final = frozenset({"name", "args", "kwargs", "queue", "priority", "run_at", "created_at"})
-
-
 PLAIN_COLUMNS: Final = ("name", "args", "kwargs", "queue", "priority", "run_at", "created_at")  # a PlainEnvelope's row
-assert frozenset(PLAIN_COLUMNS) == INSERT_ALWAYS
+INSERT_ALWAYS: Final = frozenset(PLAIN_COLUMNS)  # every row sets these
+
+
 _encode_plain = msgspec.json.Encoder().encode
 _OPTION_DEFAULTS: Final = tuple((c, INSERT_DEFAULTS.get(c)) for c in INSERT_COLUMNS if c not in INSERT_ALWAYS)
 
@@ -106,6 +105,14 @@ def bulk_insert_sql(columns: Sequence[str]) -> str:
     if unknown:
         raise ValueError(f"{sorted(unknown)}: not columns a new job row is written with")
     return "INSERT INTO runner_jobs (id, " + ", ".join(columns) + ") VALUES (?" + ", ?" * len(columns) + ")"
+
+
+def plain_insert_sql(places: Sequence[str]) -> str:
+    """One plain row (PLAIN_COLUMNS), its id from RETURNING; ``places``: the driver's placeholder
+    for each column ("?" or "$1".."$7"), so both drivers send the one statement."""
+    if len(places) != len(PLAIN_COLUMNS):
+        raise ValueError(f"{len(places)} placeholders for {len(PLAIN_COLUMNS)} columns")
+    return "INSERT INTO runner_jobs (" + ", ".join(PLAIN_COLUMNS) + ") VALUES (" + ", ".join(places) + ") RETURNING id"
 
 
 _COLS = ", ".join(INSERT_COLUMNS)

@@ -41,7 +41,17 @@ from ..decide import Outcome
 from ..gc_pause import paused_gc
 from ..wire import Envelope
 from .host_lock import HostWriterLock, lock_path
-from .sql import INSERT_COLUMNS, PLAIN_COLUMNS, bulk_insert_sql, is_plain_row, needed, outcome_params, plain_rows, tally_rows
+from .sql import (
+    INSERT_COLUMNS,
+    PLAIN_COLUMNS,
+    bulk_insert_sql,
+    is_plain_row,
+    needed,
+    outcome_params,
+    plain_insert_sql,
+    plain_rows,
+    tally_rows,
+)
 
 __all__ = ["BatchWriter", "Inserts", "finish_outcomes"]
 
@@ -51,10 +61,7 @@ _LIVE: Final = (
 )
 _encode = msgspec.json.Encoder().encode
 _PLAIN_INSERT: Final = bulk_insert_sql(PLAIN_COLUMNS)
-_PLAIN_NAMES: Final = ", ".join(PLAIN_COLUMNS)
-_PLAIN_PLACES: Final = ", ".join("?" * len(PLAIN_COLUMNS))
-# A lone plain row (``is_plain_row``) binds its 7 values, not 28 named ones.
-_PLAIN_ONE: Final = f"INSERT INTO runner_jobs ({_PLAIN_NAMES}) VALUES ({_PLAIN_PLACES}) RETURNING id"
+_PLAIN_ONE: Final = plain_insert_sql(["?"] * len(PLAIN_COLUMNS))  # a lone plain row: 7 values, not 28 named ones
 # Of the lone rows written on the loop, one in this many takes the thread instead: the loop's own
 # connection never checkpoints (a checkpoint copies pages and syncs the file), the thread's does,
 # so the WAL stays bounded under a producer that writes only on the loop.
