@@ -28,7 +28,9 @@ def database_unavailable(exc: BaseException) -> bool:
     OSError counts only when it was raised inside SQLAlchemy's pool or engine, i.e. while
     connecting to the database, not by the job's own sockets (an HTTP call it makes)."""
     if not isinstance(exc, DBAPIError):
-        return isinstance(exc, OSError) and _raised_while_connecting(exc)
+        # A driver's own connection error (a statement sent on the raw asyncpg connection) names
+        # the database whoever met it; a bare OSError may be the job's own socket.
+        return type(exc).__name__ in _UNAVAILABLE_NAMES or (isinstance(exc, OSError) and _raised_while_connecting(exc))
     if exc.connection_invalidated:
         return True
     seen: BaseException | None = exc

@@ -25,7 +25,6 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import msgspec
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .app import App, Context, JobDef
@@ -218,14 +217,12 @@ class JobRunner:
         except LeaseLost as exc:
             log.warning("job %s lost its lease; nothing it did was committed (%s)", running.attempt.id, exc)
             return None
-        except (DBAPIError, OSError) as exc:
+        except Exception as exc:
             if database_unavailable(exc):
                 # The database went away under the job (restart, failover): not the job's fault.
                 return DatabaseAway(
                     ErrorInfo(type="DatabaseUnavailable", message=describe_exception(exc)[:2000], attempt=running.attempt.attempt)
                 )
-            return Raised(error_info(exc, running.attempt.attempt), type(exc))
-        except Exception as exc:
             return Raised(error_info(exc, running.attempt.attempt), type(exc))
 
     async def _with_parent_results(self, attempt: Attempt) -> list[Any]:

@@ -14,11 +14,14 @@ from typing import Any
 import anyio
 import pytest
 
+from runner.client import history_of
 from runner.complete import HAND_OVER_WAIT, Batched
-from runner.decide import Returned, WorkerLost, decide
+from runner.decide import Raised, Returned, WorkerLost, decide
 from runner.drivers import Claimed, Driver
+from runner.drivers.sql import plain_success, tally_rows
 from runner.policy import Policy
-from runner.wire import Attempt, Envelope, State
+from runner.schema import STATS_SUMS
+from runner.wire import Attempt, Envelope, ErrorInfo, State
 from tests.apps import flows
 
 from .conftest import sql
@@ -220,3 +223,38 @@ async def test_a_burst_ends_when_its_last_outcomes_are_written_not_at_the_next_p
             assert elapsed < 10, f"a burst of {size} took {elapsed:.1f}s: a wake-up was lost and it waited for the poll"
     finally:
         await flows.app.client.aclose()
+
+
+async def test_plain_successes_leave_the_row_and_counters_any_outcome_would(driver: Driver, broker_url: str) -> None:
+    """PostgreSQL writes a batch of plain successes (``plain_success``) with a narrower statement
+    that builds the attempt record and the counter deltas from the row itself. What it leaves must
+    be what the general write leaves: checked against the record and ``tally_rows`` the Python
+    side computes, for both ways a batch is written (with the next claim, and alone), and for a
+    mixed batch, which takes the general write."""
+    past = time.time() - 3.7
+    ids = await driver.enqueue([Envelope(name="a", run_at=past if n % 2 else None) for n in range(8)])
+    first = await claim(driver, 3)
+    with_claim = [done(i, {"id": i.id}) for i in first]
+    assert all(plain_success(o, "w") for o in with_claim)
+    result = await driver.claim_and_complete("w", ["default"], 3, 30, with_claim)
+    assert result.written == 3
+    alone = [done(i) for i in result.rows]
+    assert await driver.complete(alone) == 3
+    last = await claim(driver, 2)
+    error = ErrorInfo(type="RuntimeError", message="again", attempt=last[1].attempt)
+    mixed = [done(last[0], "ok"), decide(last[1], POLICY, Raised(error, RuntimeError), now=time.time())]
+    assert not plain_success(mixed[1], "w")
+    assert (await driver.claim_and_complete("w", ["default"], 1, 30, mixed)).written == 2
+
+    outcomes = [*with_claim, *alone, *mixed]
+    rows = {r.id: r for r in await driver.get_many(ids)}
+    for o in outcomes:
+        assert history_of(rows[o.job_id]) == [o.record], "the attempt record, built from the row"
+        assert rows[o.job_id].state == o.state and rows[o.job_id].attempt == o.attempt
+    assert rows[with_claim[0].job_id].result == f'{{"id":{with_claim[0].job_id}}}'
+    expected = {(t["source"], t["minute"], t["name"], t["queue"], t["kind"]): t for t in tally_rows(outcomes, lanes=True)}
+    got = sql(broker_url, f"SELECT source, minute, name, queue, kind, {', '.join(STATS_SUMS)} FROM runner_stats")
+    assert {tuple(r[:5]) for r in got} == set(expected)
+    for row in got:
+        want = expected[tuple(row[:5])]
+        assert list(row[5:]) == pytest.approx([want[c] for c in STATS_SUMS]), row[:5]

@@ -33,7 +33,7 @@ from ..schema import BUCKETS, LIVE_STATES, SCHEMA_VERSION, STATS_SUMS
 from ..wire import MAX_DEPTH, PROTOCOL_VERSION, Attempt, BadRow, Envelope, PlainEnvelope, State, check_depth, encode_json_bytes
 from .base import CancelResult, Driver, JobFilter, JobPage, JobRow, NodeRow, QueueCounts, StatsRow, WorkerRow
 
-__all__ = ["SQLDriver", "insert_row", "tally_rows"]
+__all__ = ["SQLDriver", "insert_row", "plain_success", "tally_rows"]
 
 log = logging.getLogger("runner.drivers")
 
@@ -1112,6 +1112,27 @@ def insert_row(env: Envelope, now: float, max_payload: int) -> dict[str, Any]:
 def _without_key_since(row: dict[str, Any]) -> dict[str, Any]:
     row.pop("key_since", None)
     return row
+
+
+def plain_success(o: Outcome, worker: str) -> bool:
+    """A success by ``worker`` that sets nothing but its result and end time: no error, note,
+    measured cost, new arguments, chained jobs or counter lane. Its attempt record and counter
+    deltas follow from the row's own columns, so a driver may write it with a narrower statement
+    (PostgreSQL's ``_SUCCEEDED``) and must write the same row and counters as for any outcome."""
+    record = o.record
+    return (
+        o.kind == State.SUCCEEDED
+        and o.error is None
+        and not o.children
+        and o.args is None
+        and o.kwargs is None
+        and o.run_at is None
+        and o.lane < 0
+        and record.cost is None
+        and not record.note
+        and record.worker == worker
+        and record.finished_at == o.finished_at
+    )
 
 
 def outcome_params(o: Outcome) -> dict[str, Any]:

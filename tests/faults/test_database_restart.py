@@ -20,7 +20,7 @@ from runner import App
 from runner.testing import run_burst
 from tests.apps import basic
 
-from ..conftest import sql, wait_until
+from ..conftest import pg_execute, sql, wait_until
 from ..serving import enqueue, prepare, serve_args, states
 from . import scaled
 
@@ -94,3 +94,33 @@ async def test_a_job_that_cannot_reach_its_database_gets_its_attempt_back(sqlite
     ((state, attempt, error),) = sql(sqlite_url, f"SELECT state, attempt, error FROM runner_jobs WHERE id = {handle.id}")
     assert (state, attempt) == ("queued", 0), error
     assert '"type":"DatabaseUnavailable"' in error
+
+
+@pytest.mark.anyio
+async def test_a_connection_cut_as_an_exactly_once_job_completes_gives_the_attempt_back(pg_url: str) -> None:
+    """The completion is written in the job's own transaction (straight on its asyncpg
+    connection). Cut that connection as the job returns: nothing commits, the attempt is given
+    back as the database's fault (not counted, not failed), and the next attempt completes it."""
+    app = App("cut", broker=pg_url)
+    cut: list[int] = []
+
+    @app.job
+    async def cut_once(session: AsyncSession) -> str:
+        await session.execute(text("CREATE TABLE IF NOT EXISTS cut_ran (n int)"))
+        await session.execute(text("INSERT INTO cut_ran VALUES (1)"))
+        if not cut:
+            pid = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            cut.append(pid)
+            await anyio.to_thread.run_sync(pg_execute, pg_url, f"SELECT pg_terminate_backend({pid})")
+        return "done"
+
+    handle = await cut_once.defer_async()
+    await app.client.aclose()
+    await run_burst(app, pg_url)
+    assert cut, "the job ran"
+    ((state, attempt, result, history),) = sql(
+        pg_url, f"SELECT state, attempt, result, attempts::text FROM runner_jobs WHERE id = {handle.id}"
+    )
+    assert (state, attempt, result) == ("succeeded", 1, '"done"'), history
+    assert '"DatabaseUnavailable"' in history, "the cut attempt was given back, saying why"
+    assert sql(pg_url, "SELECT count(*) FROM cut_ran") == [(1,)], "the cut attempt's writes did not commit"
