@@ -11,8 +11,10 @@ import pytest
 
 from runner.decide import GaveBack, Raised, Returned, WorkerLost, decide
 from runner.drivers import Driver
+from runner.drivers.sql import tally_rows
 from runner.policy import Policy
-from runner.wire import Attempt, Cost, Envelope, ErrorInfo
+from runner.schema import BUCKETS, STATS_SUMS
+from runner.wire import NO_CALLBACKS, Attempt, Cost, Envelope, ErrorInfo
 
 from .conftest import sql
 
@@ -23,6 +25,13 @@ async def claim(driver: Driver, n: int, owner: str = "host:1:0") -> list[Attempt
     items = await driver.claim(owner, ["default"], n, 30)
     assert all(isinstance(i, Attempt) for i in items)
     return items  # type: ignore[return-value]
+
+
+ATTEMPT = Attempt(
+    id=1, token=1, owner="host:1:0", name="a", args=[], kwargs={}, queue="default", priority=0, attempt=1,
+    max_attempts=None, lost=0, run_at=0.0, expires_at=None, timeout=None, hard_timeout=None, key=None,
+    parent_id=None, root_id=None, meta={}, callbacks=NO_CALLBACKS, created_at=0.0, started_at=0.0, with_results=None,
+)  # fmt: skip
 
 
 def totals(rows: list[Any]) -> dict[tuple[str, str], float]:
@@ -165,3 +174,21 @@ async def _totals(url: str) -> list[Any]:
         return await driver.stats_totals()
     finally:
         await driver.dispose()
+
+
+def test_each_histogram_bucket_counts_the_attempts_at_or_below_its_bound() -> None:
+    """``tally_rows`` counts each outcome once, in its smallest bucket, and sums the histogram
+    per row: every bucket must still hold exactly the attempts that ran (or waited) at most its
+    bound, bounds themselves included, and nothing past the last."""
+    started = 0.0  # run times exactly as given
+    runs = [0.0, BUCKETS[0], BUCKETS[0] + 1e-9, 0.003, BUCKETS[5], 7.0, BUCKETS[-1], BUCKETS[-1] * 2]
+    outcomes = []
+    for n, run in enumerate(runs):
+        attempt = msgspec.structs.replace(ATTEMPT, id=n, started_at=started, run_at=started - runs[-1 - n])
+        outcomes.append(decide(attempt, Policy(), Returned(None), now=started + run))
+    rows = tally_rows(outcomes, lanes=False)  # one per minute the attempts ended in
+    row = {c: sum(r[c] for r in rows) for c in STATS_SUMS}
+    for i, bound in enumerate(BUCKETS):
+        assert row[f"run_b{i}"] == sum(o.record.finished_at - o.record.started_at <= bound for o in outcomes), bound
+        assert row[f"wait_b{i}"] == sum(o.waited <= bound for o in outcomes), bound
+    assert row["n"] == len(runs) and row["run_b0"] == 2 and row[f"run_b{len(BUCKETS) - 1}"] == len(runs) - 1

@@ -34,6 +34,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
+from ..db_unavailable import database_unavailable
 from ..decide import Outcome
 from ..gc_pause import paused_gc
 from ..rows import CLAIM_COLUMNS
@@ -372,8 +373,20 @@ class PostgresDriver(SQLDriver):
         return, cost 280-370 us a statement against 60-90 us for the statement itself; the pool
         alone costs about 80 (``_give_back``: single enqueues skip even that, ``_held``)."""
         fairy = await self.engine.raw_connection()
+        pg: Any = fairy.driver_connection
         try:
-            yield fairy.driver_connection
+            yield pg
+        except Exception as exc:
+            if not pg.is_closed():
+                raise
+            # The database went away under the statement (a restart, a failover): say so in the
+            # driver's own terms, which every caller reads as "keep it and retry", not as the
+            # statement's fault -- asyncpg raises a plain InterfaceError once it has seen the
+            # close, and outcomes would otherwise be written as failures. The pool drops it.
+            fairy.invalidate(exc)
+            if database_unavailable(exc):
+                raise
+            raise asyncpg.exceptions.ConnectionDoesNotExistError(f"the connection to PostgreSQL was lost ({exc})") from exc
         finally:
             await _give_back(fairy)
 
@@ -745,10 +758,11 @@ _SUCCESS_RECORD: Final = (
     "jsonb_build_object('attempt', j.attempt, 'worker', $5::text, 'started_at', j.started_at,"
     " 'finished_at', v.finished_at, 'outcome', 'succeeded')"
 )
+_SUCCESS_APPEND: Final = _append(_SUCCESS_RECORD)
 _SUCCEEDED: Final = f"""
     UPDATE runner_jobs AS j SET
         state = 'succeeded', result = v.result, error = NULL, finished_at = v.finished_at, cancel_requested = 0,
-        attempts = {_append(_SUCCESS_RECORD)}
+        attempts = {_SUCCESS_APPEND}
     FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[]) AS v(id, token, result, finished_at)
     WHERE j.id = v.id AND j.lease_token = v.token AND {_IS_RUNNING} AND j.has_dependants = 0
     RETURNING j.id, j.name, j.queue, j.started_at, j.run_at, v.finished_at"""
@@ -768,12 +782,15 @@ _SUCCEEDED_COUNTED: Final = f"""
         ON CONFLICT ({_KEY}) DO UPDATE SET {_ADD}
     )"""
 _SUCCESS_PARAMS: Final = 5
+_PICK_ONE_AFTER_SUCCESS: Final = _after(_PICK_ONE, _SUCCESS_PARAMS)
+_PICK_MANY_AFTER_SUCCESS: Final = _after(_PICK_MANY, _SUCCESS_PARAMS)
+_CLAIMED_AFTER_SUCCESS: Final = _after(_CLAIMED, _SUCCESS_PARAMS)
 _SUCCEED_FAST: Final = f"WITH done AS ({_SUCCEEDED}), {_SUCCEEDED_COUNTED} SELECT id FROM done"
 _SUCCEED_CLAIM_ONE: Final = f"""WITH done AS ({_SUCCEEDED}), {_SUCCEEDED_COUNTED},
-    picked AS ({_after(_PICK_ONE, _SUCCESS_PARAMS)}), {_after(_CLAIMED, _SUCCESS_PARAMS)}
+    picked AS ({_PICK_ONE_AFTER_SUCCESS}), {_CLAIMED_AFTER_SUCCESS}
     {_CLAIMED_ROWS} UNION ALL SELECT {_WRITTEN} FROM done"""
 _SUCCEED_CLAIM_MANY: Final = f"""WITH done AS ({_SUCCEEDED}), {_SUCCEEDED_COUNTED},
-    picked AS ({_after(_PICK_MANY, _SUCCESS_PARAMS)}), {_after(_CLAIMED, _SUCCESS_PARAMS)}
+    picked AS ({_PICK_MANY_AFTER_SUCCESS}), {_CLAIMED_AFTER_SUCCESS}
     {_CLAIMED_ROWS} UNION ALL SELECT {_WRITTEN} FROM done"""
 # Folding moves rows, never copies them: DELETE ... RETURNING feeds the INSERT, so two hosts
 # folding at once cannot both fold a row (the second finds it deleted).

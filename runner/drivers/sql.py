@@ -12,6 +12,7 @@ outcome, a periodic fire with its job, an enqueue with the caller's data) share 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import fnmatch
 import logging
 import time
@@ -1011,10 +1012,17 @@ def _like_escape(value: str) -> str:
 _SOURCE_LANE: Final = "{worker}/{lane}"
 
 
+_RUN_BUCKETS: Final = tuple(f"run_b{i}" for i in range(len(BUCKETS)))
+_WAIT_BUCKETS: Final = tuple(f"wait_b{i}" for i in range(len(BUCKETS)))
+
+
 def tally_rows(outcomes: Sequence[Outcome], lanes: bool) -> list[dict[str, Any]]:
     """The counter deltas of ``outcomes`` (already known to have been written), one dict per
-    (source, minute, name, queue, kind), every column of ``STATS_SUMS`` summed."""
+    (source, minute, name, queue, kind), every column of ``STATS_SUMS`` summed. Per outcome only
+    its smallest bucket is counted; the cumulative histogram is summed once per row (SQLite's
+    writer spent 7 us a job in the loop over every bucket)."""
     rows: dict[tuple[str, int, str, str, str], dict[str, Any]] = {}
+    smallest: dict[tuple[str, int, str, str, str], tuple[list[int], list[int]]] = {}
     for o in outcomes:
         source, minute, name, queue, kind, run_s, wait_s, cost = tally_of(o, lanes)
         key = (source, minute, name, queue, kind)
@@ -1022,6 +1030,7 @@ def tally_rows(outcomes: Sequence[Outcome], lanes: bool) -> list[dict[str, Any]]
         if row is None:
             row = rows[key] = dict.fromkeys(STATS_SUMS, 0)
             row.update(source=source, minute=minute, name=name, queue=queue, kind=kind)
+            smallest[key] = ([0] * (len(BUCKETS) + 1), [0] * (len(BUCKETS) + 1))
         row["n"] += 1
         row["run_s"] += run_s
         row["wait_s"] += wait_s
@@ -1032,11 +1041,15 @@ def tally_rows(outcomes: Sequence[Outcome], lanes: bool) -> list[dict[str, Any]]
             row["db_rows"] += cost.rows
             row["tx_s"] += cost.tx_ms / 1000
             row["pool_wait_s"] += cost.pool_wait_ms / 1000
-        for i, bound in enumerate(BUCKETS):
-            if run_s <= bound:
-                row[f"run_b{i}"] += 1
-            if wait_s <= bound:
-                row[f"wait_b{i}"] += 1
+        runs, waits = smallest[key]
+        runs[bisect.bisect_left(BUCKETS, run_s)] += 1  # the first bound >= run_s; past the last: none
+        waits[bisect.bisect_left(BUCKETS, wait_s)] += 1
+    for key, row in rows.items():
+        for names, firsts in zip((_RUN_BUCKETS, _WAIT_BUCKETS), smallest[key]):
+            total = 0
+            for column, first in zip(names, firsts):
+                total += first
+                row[column] = total
     return list(rows.values())
 
 
