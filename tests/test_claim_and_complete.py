@@ -250,7 +250,11 @@ async def test_plain_successes_leave_the_row_and_counters_any_outcome_would(driv
     rows = {r.id: r for r in await driver.get_many(ids)}
     for o in outcomes:
         assert history_of(rows[o.job_id]) == [o.record], "the attempt record, built from the row"
-        assert rows[o.job_id].state == o.state and rows[o.job_id].attempt == o.attempt
+        row = rows[o.job_id]
+        assert (row.state, row.attempt, row.lost, row.finished_at) == (o.state, o.attempt, o.lost, o.finished_at)
+        assert row.result == (None if o.result is None else o.result.decode())
+        assert (row.error is None) == (o.error is None)
+        assert row.lease_owner == ("w" if o.state == State.SUCCEEDED else None)
     assert rows[with_claim[0].job_id].result == f'{{"id":{with_claim[0].job_id}}}'
     expected = {(t["source"], t["minute"], t["name"], t["queue"], t["kind"]): t for t in tally_rows(outcomes, lanes=True)}
     got = sql(broker_url, f"SELECT source, minute, name, queue, kind, {', '.join(STATS_SUMS)} FROM runner_stats")

@@ -45,7 +45,7 @@ from .engines import SQLITE_BUSY_TIMEOUT_S
 from .file_watch import FileWatch
 from .host_lock import HostWriterLock
 from .sql import INSERT_COLUMNS, INSERT_ONE, JOB_COLUMNS, SQLDriver, claim_columns, insert_row, outcome_params, tally_rows
-from .sqlite_batch import BatchWriter, Inserts, finish_outcomes
+from .sqlite_batch import BatchWriter, Finishes, Inserts, finish_outcomes
 
 __all__ = ["SQLiteDriver", "control_path"]
 
@@ -109,6 +109,24 @@ _CLAIM_TAIL: Final = f""") AS c
     )
     RETURNING {_RETURNING}
 """
+# The common case of one queue, first: its next candidates, claimed only if none has a key (a
+# key's count must be read as the full claim reads it). Nothing claimed -- no work, or keys among
+# the candidates -- and the full claim runs next, in the same transaction. The candidates are read
+# once (MATERIALIZED): the update and the key check see the same rows. 3 us a job less under the
+# writer lock than the full claim's window functions.
+_CLAIM_PLAIN: Final = f"""
+    WITH picked AS MATERIALIZED (
+        SELECT id, concurrency_key, rate_key FROM runner_jobs
+        WHERE state = 'queued' AND queue = :q0 AND run_at <= :now
+          AND NOT EXISTS (SELECT 1 FROM runner_queues AS p WHERE p.queue = :q0 AND p.paused = 1)
+        ORDER BY priority DESC, run_at, id
+        LIMIT :n
+    )
+    UPDATE runner_jobs SET {_CLAIM_SET}
+    WHERE id IN (SELECT id FROM picked)
+      AND NOT EXISTS (SELECT 1 FROM picked WHERE concurrency_key IS NOT NULL OR rate_key IS NOT NULL)
+    RETURNING {_RETURNING}
+"""
 # A start counts against its key's rate in the statement that claims it (a trigger: atomic with
 # the claim, and free for rows without a rate key).
 _RATE_TRIGGER: Final = """
@@ -134,12 +152,17 @@ _STILL_OURS_DEPS: Final = text(
     "SELECT id, lease_token, has_dependants FROM runner_jobs WHERE state = 'running' AND id IN :ids"
 ).bindparams(bindparam("ids", expanding=True))
 
-_APPEND: Final = f"""CASE
+
+def _append(record: str) -> str:
+    return f"""CASE
         WHEN json_valid(attempts) THEN (CASE
-            WHEN json_type(attempts) <> 'array' THEN json_array(json(:record))
-            WHEN json_array_length(attempts) >= {MAX_HISTORY} THEN json_insert(json_remove(attempts, '$[0]'), '$[#]', json(:record))
-            ELSE json_insert(attempts, '$[#]', json(:record)) END)
-        ELSE json_array(json(:record)) END"""
+            WHEN json_type(attempts) <> 'array' THEN json_array({record})
+            WHEN json_array_length(attempts) >= {MAX_HISTORY} THEN json_insert(json_remove(attempts, '$[0]'), '$[#]', {record})
+            ELSE json_insert(attempts, '$[#]', {record}) END)
+        ELSE json_array({record}) END"""
+
+
+_APPEND: Final = _append("json(:record)")
 _FINISH: Final = text(
     f"""
     UPDATE runner_jobs SET
@@ -154,6 +177,15 @@ _FINISH: Final = text(
     WHERE id = :id AND lease_token = :token AND state = 'running'
     """
 )
+# A plain success (``sql.plain_success``) sets only its result, end time and record: every
+# other column keeps the row's value, so SQLite evaluates only the CHECK constraints on state.
+_SUCCEED_APPEND: Final = _append("json(?3)")
+_SUCCEED: Final = f"""
+    UPDATE runner_jobs SET
+        state = 'succeeded', result = ?1, error = NULL, finished_at = ?2, cancel_requested = 0,
+        attempts = {_SUCCEED_APPEND}
+    WHERE id = ?4 AND lease_token = ?5 AND state = 'running'
+    """
 _INSERT_ID: Final = text(f"INSERT INTO runner_jobs (id, {_INSERT_NAMES}) VALUES (:id, {_INSERT_VALUES})")
 _LAST_ID: Final = text(
     "SELECT max(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'runner_jobs'), 0),"
@@ -241,8 +273,7 @@ class SQLiteDriver(SQLDriver):
             self._batch = BatchWriter(
                 path,
                 self._writers,
-                finish=_FINISH.text,
-                stats=_STATS_UPSERT.text,
+                finishes=_FINISHES,
                 insert=_INSERTS,
                 busy_timeout=SQLITE_BUSY_TIMEOUT_S,
             )
@@ -378,7 +409,8 @@ class SQLiteDriver(SQLDriver):
         statement = self._claim_statement(len(queues))
         params = _claim_params(owner, queues, n, lease_ttl)
         if self._batch is not None:
-            done = await self._batch.write(outcomes, statement.text, params)
+            claims = (_CLAIM_PLAIN, statement.text) if len(queues) == 1 else (statement.text,)
+            done = await self._batch.write(outcomes, claims, params)
             if done is not None:
                 return Claimed(self._decode(done[0]), (), done[1])
         async with self._writer():
@@ -442,7 +474,7 @@ class SQLiteDriver(SQLDriver):
         aio = (await conn.get_raw_connection()).driver_connection
         run, sqlite_conn = getattr(aio, "_execute", None), getattr(aio, "_conn", None)  # aiosqlite's own thread
         if run is not None and isinstance(sqlite_conn, sqlite3.Connection):
-            done = await run(finish_outcomes, sqlite_conn, outcomes, _FINISH.text, _STATS_UPSERT.text)
+            done = await run(finish_outcomes, sqlite_conn, outcomes, _FINISHES)
             return list(done or ())
         rows = (await conn.execute(_STILL_OURS_DEPS, {"ids": [o.job_id for o in outcomes]})).all()
         live = {int(i): (token, bool(has)) for i, token, has in rows}
@@ -609,6 +641,9 @@ _SUMMED: Final = ", ".join(f"sum({c})" for c in STATS_SUMS)
 _PLACES: Final = ", ".join(":" + c for c in (*_KEY.split(", "), *STATS_SUMS))
 _STATS_UPSERT: Final = text(
     f"INSERT INTO runner_stats ({_KEY}, {_SUMS}) VALUES ({_PLACES}) ON CONFLICT ({_KEY}) DO UPDATE SET {_ADD}"
+)
+_FINISHES: Final = Finishes(
+    finish=_FINISH.text, succeed=_SUCCEED, succeed_alone=_SUCCEED + " AND has_dependants = 0", stats=_STATS_UPSERT.text
 )
 # Two statements, one transaction: SQLite's single writer keeps anyone from folding the same rows.
 _FOLD_STATS: Final = text(

@@ -50,10 +50,11 @@ from .sql import (
     outcome_params,
     plain_insert_sql,
     plain_rows,
+    plain_success,
     tally_rows,
 )
 
-__all__ = ["BatchWriter", "Inserts", "finish_outcomes"]
+__all__ = ["BatchWriter", "Finishes", "Inserts", "Prepared", "finish_outcomes", "prepare"]
 
 # The guard's read, with the ids as one JSON parameter (sqlite3 has no expanding lists).
 _LIVE: Final = (
@@ -68,6 +69,34 @@ _PLAIN_ONE: Final = plain_insert_sql(["?"] * len(PLAIN_COLUMNS))  # a lone plain
 CHECKPOINT_EVERY: Final = 256
 
 
+class Finishes(msgspec.Struct, frozen=True):
+    """The driver's outcome statements, shared with its SQLAlchemy path."""
+
+    finish: str  # the guarded outcome UPDATE, named parameters
+    succeed: str  # the same for plain successes (``plain_success``): five positional values
+    succeed_alone: str  # ``succeed`` for jobs nothing waits for (has_dependants = 0)
+    stats: str  # the counters' upsert, named parameters
+
+
+class Prepared(msgspec.Struct, frozen=True):
+    """A batch's statement parameters and counter deltas, built before the writer lock is taken:
+    under the lock, every writer on the host waits."""
+
+    plain: bool  # every outcome a plain success: ``Finishes.succeed``
+    params: list[Any]  # per outcome, in order
+    tally: list[dict[str, Any]]
+
+
+def prepare(outcomes: Sequence[Outcome]) -> Prepared:
+    plain = all(plain_success(o, o.record.worker) for o in outcomes)
+    params = [_success_params(o) for o in outcomes] if plain else [outcome_params(o) for o in outcomes]
+    return Prepared(plain, params, tally_rows(outcomes, lanes=False))
+
+
+def _success_params(o: Outcome) -> tuple[Any, ...]:
+    return (None if o.result is None else o.result.decode(), o.finished_at, _encode(o.record).decode(), o.job_id, o.token)
+
+
 class Inserts(msgspec.Struct, frozen=True):
     """The driver's enqueue statements (named parameters), shared with its SQLAlchemy path."""
 
@@ -78,11 +107,10 @@ class Inserts(msgspec.Struct, frozen=True):
 class BatchWriter:
     """Owns one plain connection to the queue file, opened on first use (after the fork)."""
 
-    def __init__(self, path: str, lock: HostWriterLock, *, finish: str, stats: str, insert: Inserts, busy_timeout: float) -> None:
+    def __init__(self, path: str, lock: HostWriterLock, *, finishes: Finishes, insert: Inserts, busy_timeout: float) -> None:
         self.path = path
         self.lock = lock
-        self.finish = finish  # the guarded outcome UPDATE, named parameters
-        self.stats = stats  # the counters' upsert, named parameters
+        self.finishes = finishes
         self.inserts = insert
         self.busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
@@ -93,13 +121,15 @@ class BatchWriter:
         self._here_count = 0
 
     async def write(
-        self, outcomes: Sequence[Outcome], claim: str | None = None, params: Mapping[str, Any] | None = None
+        self, outcomes: Sequence[Outcome], claims: Sequence[str] = (), params: Mapping[str, Any] | None = None
     ) -> tuple[list[Any], int] | None:
-        """Write ``outcomes`` and run ``claim`` (if given) in one transaction: (claimed rows,
-        outcomes written), or None when the batch needs the full path (nothing was done)."""
+        """Write ``outcomes`` and claim in one transaction, trying ``claims`` in turn until one
+        claims something: (claimed rows, outcomes written), or None when the batch needs the
+        full path (nothing was done)."""
         if any(o.children for o in outcomes):
             return None
-        return await self.lock.run(partial(self._write, outcomes, claim, params or {}))
+        prepared = prepare(outcomes) if outcomes else None
+        return await self.lock.run(partial(self._write, outcomes, claims, params or {}, prepared))
 
     async def insert(self, rows: Sequence[Mapping[str, Any]]) -> list[int]:
         """Insert keyless rows (INSERT parameters, without ids) in one transaction; their ids, in order."""
@@ -204,24 +234,30 @@ class BatchWriter:
             here.conns[wait] = conn
         return conn, here.fd
 
-    def _write(self, outcomes: Sequence[Outcome], claim: str | None, params: Mapping[str, Any]) -> tuple[list[Any], int] | None:
+    def _write(
+        self, outcomes: Sequence[Outcome], claims: Sequence[str], params: Mapping[str, Any], prepared: Prepared | None
+    ) -> tuple[list[Any], int] | None:
         with self._using:
-            return self._write_locked(outcomes, claim, params)
+            return self._write_locked(outcomes, claims, params, prepared)
 
     def _write_locked(
-        self, outcomes: Sequence[Outcome], claim: str | None, params: Mapping[str, Any]
+        self, outcomes: Sequence[Outcome], claims: Sequence[str], params: Mapping[str, Any], prepared: Prepared | None
     ) -> tuple[list[Any], int] | None:
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
             written = 0
             if outcomes:
-                done = finish_outcomes(conn, outcomes, self.finish, self.stats, with_dependants=False)
+                done = finish_outcomes(conn, outcomes, self.finishes, with_dependants=False, prepared=prepared)
                 if done is None:  # dependants to release: the full path
                     conn.execute("ROLLBACK")
                     return None
                 written = len(done)
-            rows = conn.execute(claim, params).fetchall() if claim is not None else []
+            rows: list[Any] = []
+            for claim in claims:
+                rows = conn.execute(claim, params).fetchall()
+                if rows:
+                    break
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -264,17 +300,32 @@ def _insert_one(conn: sqlite3.Connection, statement: str, row: Mapping[str, Any]
 
 
 def finish_outcomes(
-    conn: sqlite3.Connection, outcomes: Sequence[Outcome], finish: str, stats: str, *, with_dependants: bool = True
+    conn: sqlite3.Connection,
+    outcomes: Sequence[Outcome],
+    statements: Finishes,
+    *,
+    with_dependants: bool = True,
+    prepared: Prepared | None = None,
 ) -> list[tuple[int, bool]] | None:
     """Inside a write transaction: the guarded outcome writes and their counters, for exactly
     the rows still running under the outcome's token (read first: BEGIN IMMEDIATE holds the one
     write lock, so the rows read are the rows then written). ``(id, has dependants)`` of each
-    written; None, with nothing written, if one has dependants and ``with_dependants`` is off."""
+    written; None, with nothing written, if one has dependants and ``with_dependants`` is off.
+    ``prepared``: ``prepare(outcomes)``, used when every outcome is still its row's."""
+    if prepared is not None and prepared.plain and not with_dependants:
+        # A batch's common case: no guard read first. The UPDATE's own WHERE is the guard; if
+        # it matched fewer rows (a stale attempt, a row something waits for), None: the caller
+        # rolls the transaction back and takes the full path, which sorts them out.
+        if conn.executemany(statements.succeed_alone, prepared.params).rowcount != len(outcomes):
+            return None
+        conn.executemany(statements.stats, prepared.tally)
+        return [(o.job_id, False) for o in outcomes]
     live = {i: (token, bool(has)) for i, token, has in conn.execute(_LIVE, (_encode([o.job_id for o in outcomes]),))}
     if not with_dependants and any(has for _, has in live.values()):
         return None
     mine = [o for o in outcomes if o.job_id in live and live[o.job_id][0] == o.token]
     if mine:
-        conn.executemany(finish, [outcome_params(o) for o in mine])
-        conn.executemany(stats, tally_rows(mine, lanes=False))
+        written = prepared if prepared is not None and len(mine) == len(outcomes) else prepare(mine)
+        conn.executemany(statements.succeed if written.plain else statements.finish, written.params)
+        conn.executemany(statements.stats, written.tally)
     return [(o.job_id, live[o.job_id][1]) for o in mine]
