@@ -6,6 +6,9 @@ thread and back several times (cursor, execute, fetch, close): a batch of 32 out
 next claim took about twenty crossings and 6.5 ms. Here a plain ``sqlite3`` connection runs the
 whole transaction -- BEGIN IMMEDIATE, the guard read, the outcomes, their counters, the claim,
 COMMIT -- in one function on a thread, holding the host's writer ``flock``: one crossing a batch.
+Every worker on the host waits while one holds that lock, so what can be done before it is
+(``prepare``: parameters and counter deltas), and a batch of plain successes skips the guard
+read (its UPDATE's WHERE is the guard; a mismatch sends the batch down the full path).
 
 The statements are the SQLAlchemy path's own (their text is shared, not copied), and so is the
 guard: an outcome is written only while its row is running under its token. A batch with work
@@ -310,7 +313,8 @@ def finish_outcomes(
     """Inside a write transaction: the guarded outcome writes and their counters, for exactly
     the rows still running under the outcome's token (read first: BEGIN IMMEDIATE holds the one
     write lock, so the rows read are the rows then written). ``(id, has dependants)`` of each
-    written; None, with nothing written, if one has dependants and ``with_dependants`` is off.
+    written; None, with nothing written, if one has dependants and ``with_dependants`` is off
+    (or, for a prepared batch of plain successes, if one was not its row's any more).
     ``prepared``: ``prepare(outcomes)``, used when every outcome is still its row's."""
     if prepared is not None and prepared.plain and not with_dependants:
         # A batch's common case: no guard read first. The UPDATE's own WHERE is the guard; if
