@@ -1129,9 +1129,10 @@ def _without_key_since(row: dict[str, Any]) -> dict[str, Any]:
 
 def plain_success(o: Outcome, worker: str) -> bool:
     """A success by ``worker`` that sets nothing but its result and end time: no error, note,
-    measured cost, new arguments, chained jobs or counter lane. Its attempt record and counter
-    deltas follow from the row's own columns, so a driver may write it with a narrower statement
-    (PostgreSQL's ``_SUCCEEDED``) and must write the same row and counters as for any outcome."""
+    measured cost, new arguments, chained jobs or counter lane. Every other column keeps the row's
+    value and its attempt record follows from the row, so a driver may write it with a narrower
+    statement (PostgreSQL's ``_SUCCEEDED``, SQLite's ``_SUCCEED``), leaving the same row and
+    counters as the general write would."""
     record = o.record
     return (
         o.kind == State.SUCCEEDED
